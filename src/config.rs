@@ -1,0 +1,703 @@
+//! The operator's TOML configuration: schema, defaults, validation and secret resolution.
+//!
+//! Parsing happens in two steps. First the file is deserialized into the `Raw*` structs, which
+//! mirror the TOML exactly (`deny_unknown_fields` everywhere, so a typo is an error, not a
+//! silently ignored key); `serde_path_to_error` tells us the dotted key of any error and the
+//! TOML span gives the line. Then [`Config::from_raw`] validates what serde cannot (URLs, that
+//! exactly one credential source is set, that secrets can be read) and produces the resolved
+//! [`Config`] the daemon runs on. Every error names the file, the line and the key
+//! (`irisd.toml:14: destination[0].auth.token_url: ...`). Secrets are read here, once, into
+//! [`SecretString`]s and never printed: [`Config`]'s `Debug` shows `[REDACTED]`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, Uri};
+use secrecy::SecretString;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::oauth::Credentials;
+
+/// The `User-Agent` IRIS sends; irisd sends the same unless a destination overrides it.
+pub const IRIS_USER_AGENT: &str = "Adobe Audience Manager Iris";
+
+/// A configuration problem, with enough context to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or does not fit the schema (unknown key, wrong type, missing key).
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    /// The TOML parsed but a value is not acceptable.
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw schema: what the operator writes. Every field is documented in deploy/irisd.example.toml.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    intake: IntakeConfig,
+    #[serde(default, rename = "destination")]
+    destinations: Vec<RawDestination>,
+}
+
+/// `[intake]`: the HTTP API producers post qualifications to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeConfig {
+    /// Address the intake listens on. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Largest request body accepted; bigger requests get 413 and nothing of them is accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9700)),
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    name: Spanned<String>,
+    destination_id: Spanned<String>,
+    user_dpid: Spanned<String>,
+    aam_client_id: Spanned<String>,
+    #[serde(default)]
+    allow_insecure_http: bool,
+    #[serde(default)]
+    user_agent: Option<String>,
+    auth: RawAuth,
+    publish: RawPublish,
+    #[serde(default)]
+    tls: RawTls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    token_url: Spanned<String>,
+    client_id: Option<Spanned<String>>,
+    client_secret_env: Option<Spanned<String>>,
+    client_secret_file: Option<Spanned<PathBuf>>,
+    basic_credentials_env: Option<Spanned<String>>,
+    basic_credentials_file: Option<Spanned<PathBuf>>,
+    scope: Option<Spanned<String>>,
+    refresh_skew_secs: Option<u64>,
+    #[serde(default = "default_token_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_token_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublish {
+    url: Spanned<String>,
+    #[serde(default = "default_method")]
+    method: Spanned<String>,
+    #[serde(default = "yes")]
+    gzip: bool,
+    #[serde(default = "default_max_users")]
+    max_users: Spanned<usize>,
+    #[serde(default = "default_max_bytes")]
+    max_bytes: Spanned<usize>,
+    #[serde(default = "default_linger_ms")]
+    linger_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: Spanned<u64>,
+    #[serde(default = "default_connect_timeout_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: Spanned<usize>,
+    #[serde(default = "default_queue_capacity")]
+    queue_capacity: Spanned<usize>,
+}
+
+fn default_method() -> Spanned<String> {
+    Spanned::new(0..0, "POST".to_string())
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_users() -> Spanned<usize> {
+    Spanned::new(0..0, 10)
+}
+fn default_max_bytes() -> Spanned<usize> {
+    Spanned::new(0..0, 1024 * 1024)
+}
+fn default_linger_ms() -> u64 {
+    200
+}
+fn default_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 3000)
+}
+fn default_connect_timeout_ms() -> u64 {
+    3000
+}
+fn default_max_in_flight() -> Spanned<usize> {
+    Spanned::new(0..0, 4)
+}
+fn default_queue_capacity() -> Spanned<usize> {
+    Spanned::new(0..0, 100_000)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<Spanned<PathBuf>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolved configuration: what the daemon runs on.
+// ---------------------------------------------------------------------------------------------
+
+/// A validated configuration with its secrets loaded.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from (for messages).
+    pub path: PathBuf,
+    pub intake: IntakeConfig,
+    pub destinations: Vec<Destination>,
+}
+
+/// One partner configuration.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// Operator's name for the destination; producers address events to it.
+    pub name: String,
+    /// `AAM_Destination_Id` in the payload.
+    pub destination_id: String,
+    /// `User_DPID` in the payload (device-ID type).
+    pub user_dpid: String,
+    /// `Client_ID` in the payload (the Audience Manager customer).
+    pub aam_client_id: String,
+    /// Plain `http://` endpoints were explicitly allowed (local tests only).
+    pub allow_insecure_http: bool,
+    /// `User-Agent` on token and publish requests.
+    pub user_agent: String,
+    pub auth: AuthConfig,
+    pub publish: PublishConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[destination.auth]`: the partner's token endpoint and our credentials for it.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub token_url: Uri,
+    pub credentials: Credentials,
+    /// Sent as `scope=` in the token request only when set.
+    pub scope: Option<String>,
+    /// Refresh this long before `expires_in` runs out; `None` = min(60 s, 10 % of lifetime).
+    pub refresh_skew: Option<Duration>,
+    /// Whole token request timeout.
+    pub timeout: Duration,
+}
+
+/// HTTP method of publish requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishMethod {
+    Get,
+    Post,
+    Put,
+}
+
+impl PublishMethod {
+    pub fn as_method(self) -> Method {
+        match self {
+            PublishMethod::Get => Method::GET,
+            PublishMethod::Post => Method::POST,
+            PublishMethod::Put => Method::PUT,
+        }
+    }
+}
+
+/// `[destination.publish]`: where and how segment payloads are sent.
+#[derive(Debug, Clone)]
+pub struct PublishConfig {
+    pub url: Uri,
+    pub method: PublishMethod,
+    pub gzip: bool,
+    pub max_users: usize,
+    pub max_bytes: usize,
+    pub linger: Duration,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_in_flight: usize,
+    pub queue_capacity: usize,
+}
+
+/// `[destination.tls]`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// Extra PEM trust roots, added to the built-in public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses and validates configuration text; `path` is used in messages and to resolve
+    /// relative file paths.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            let (line, column) = inner
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message: inner.message().to_string(),
+            }
+        })?;
+        let ctx = Ctx { path, text };
+        Self::from_raw(&ctx, raw)
+    }
+
+    fn from_raw(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut names = HashSet::new();
+        let mut destinations = Vec::with_capacity(raw.destinations.len());
+        for (i, d) in raw.destinations.into_iter().enumerate() {
+            let key = format!("destination[{i}]");
+            let name_span = d.name.span();
+            let dest = Destination::from_raw(ctx, &key, d)?;
+            if !names.insert(dest.name.clone()) {
+                return Err(ctx.invalid(
+                    name_span,
+                    &format!("{key}.name"),
+                    &format!("duplicate destination name {:?}", dest.name),
+                ));
+            }
+            destinations.push(dest);
+        }
+        Ok(Config {
+            path: ctx.path.to_owned(),
+            intake: raw.intake,
+            destinations,
+        })
+    }
+}
+
+impl Destination {
+    fn from_raw(ctx: &Ctx<'_>, key: &str, d: RawDestination) -> Result<Destination, ConfigError> {
+        let name = d.name.get_ref().trim().to_string();
+        if name.is_empty() || name.len() > 128 {
+            return Err(ctx.invalid(
+                d.name.span(),
+                &format!("{key}.name"),
+                "must be 1 to 128 characters",
+            ));
+        }
+        let number = |v: &Spanned<String>, field: &str| -> Result<String, ConfigError> {
+            let s = v.get_ref();
+            if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ctx.invalid(
+                    v.span(),
+                    &format!("{key}.{field}"),
+                    &format!("{s:?} must be a decimal number (Audience Manager sends ids as digit strings)"),
+                ));
+            }
+            Ok(s.clone())
+        };
+        let destination_id = number(&d.destination_id, "destination_id")?;
+        let user_dpid = number(&d.user_dpid, "user_dpid")?;
+        let aam_client_id = number(&d.aam_client_id, "aam_client_id")?;
+
+        let insecure = d.allow_insecure_http;
+        let token_url = ctx.url(
+            &d.auth.token_url,
+            &format!("{key}.auth.token_url"),
+            insecure,
+        )?;
+        let publish_url = ctx.url(&d.publish.url, &format!("{key}.publish.url"), insecure)?;
+        let credentials = ctx.credentials(key, &d.auth)?;
+
+        let scope = match &d.auth.scope {
+            Some(s) if s.get_ref().is_empty() || !s.get_ref().bytes().all(is_scope_char) => {
+                return Err(ctx.invalid(
+                    s.span(),
+                    &format!("{key}.auth.scope"),
+                    "scope tokens are printable ASCII without '\"' or '\\', separated by spaces (RFC 6749 §3.3)",
+                ));
+            }
+            Some(s) => Some(s.get_ref().clone()),
+            None => None,
+        };
+
+        let method = match d.publish.method.get_ref().to_ascii_uppercase().as_str() {
+            "GET" => PublishMethod::Get,
+            "POST" => PublishMethod::Post,
+            "PUT" => PublishMethod::Put,
+            other => {
+                return Err(ctx.invalid(
+                    d.publish.method.span(),
+                    &format!("{key}.publish.method"),
+                    &format!("{other:?} is not one of GET, POST, PUT"),
+                ))
+            }
+        };
+        let positive = |v: &Spanned<usize>, field: &str, max: usize| {
+            let n = *v.get_ref();
+            if n == 0 || n > max {
+                Err(ctx.invalid(
+                    v.span(),
+                    &format!("{key}.publish.{field}"),
+                    &format!("must be between 1 and {max}, got {n}"),
+                ))
+            } else {
+                Ok(n)
+            }
+        };
+        let max_users = positive(&d.publish.max_users, "max_users", 100_000)?;
+        let max_bytes = positive(&d.publish.max_bytes, "max_bytes", 256 * 1024 * 1024)?;
+        if max_bytes < 1024 {
+            return Err(ctx.invalid(
+                d.publish.max_bytes.span(),
+                &format!("{key}.publish.max_bytes"),
+                "must be at least 1024 (one user record must fit)",
+            ));
+        }
+        let max_in_flight = positive(&d.publish.max_in_flight, "max_in_flight", 1024)?;
+        let queue_capacity = positive(&d.publish.queue_capacity, "queue_capacity", 100_000_000)?;
+        if *d.publish.timeout_ms.get_ref() == 0 {
+            return Err(ctx.invalid(
+                d.publish.timeout_ms.span(),
+                &format!("{key}.publish.timeout_ms"),
+                "must be greater than 0",
+            ));
+        }
+
+        let ca_file = match d.tls.ca_file {
+            Some(p) => {
+                let path = ctx.relative(p.get_ref());
+                if !path.is_file() {
+                    return Err(ctx.invalid(
+                        p.span(),
+                        &format!("{key}.tls.ca_file"),
+                        &format!("{} does not exist or is not a file", path.display()),
+                    ));
+                }
+                Some(path)
+            }
+            None => None,
+        };
+
+        Ok(Destination {
+            name,
+            destination_id,
+            user_dpid,
+            aam_client_id,
+            allow_insecure_http: insecure,
+            user_agent: d.user_agent.unwrap_or_else(|| IRIS_USER_AGENT.to_string()),
+            auth: AuthConfig {
+                token_url,
+                credentials,
+                scope,
+                refresh_skew: d.auth.refresh_skew_secs.map(Duration::from_secs),
+                timeout: Duration::from_millis(d.auth.timeout_ms.max(1)),
+            },
+            publish: PublishConfig {
+                url: publish_url,
+                method,
+                gzip: d.publish.gzip,
+                max_users,
+                max_bytes,
+                linger: Duration::from_millis(d.publish.linger_ms),
+                timeout: Duration::from_millis(*d.publish.timeout_ms.get_ref()),
+                connect_timeout: Duration::from_millis(d.publish.connect_timeout_ms.max(1)),
+                max_in_flight,
+                queue_capacity,
+            },
+            tls: TlsConfig { ca_file },
+        })
+    }
+}
+
+/// RFC 6749 §3.3 `scope-token` characters plus the separating space.
+fn is_scope_char(b: u8) -> bool {
+    b == b' ' || (b == 0x21) || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)
+}
+
+/// What validation needs to produce good messages.
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line: line_col(self.text, span.start).0,
+            key: key.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Resolves a path in the config relative to the config file's directory.
+    fn relative(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn url(&self, v: &Spanned<String>, key: &str, allow_http: bool) -> Result<Uri, ConfigError> {
+        let uri: Uri = v.get_ref().parse().map_err(|e| {
+            self.invalid(
+                v.span(),
+                key,
+                &format!("{:?} is not a valid URL: {e}", v.get_ref()),
+            )
+        })?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if allow_http => {}
+            Some("http") => {
+                return Err(self.invalid(
+                    v.span(),
+                    key,
+                    "plain http:// is refused: tokens are passwords and must travel over https \
+                     (set allow_insecure_http = true on the destination for local tests only)",
+                ))
+            }
+            _ => return Err(self.invalid(v.span(), key, "the URL must start with https://")),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(self.invalid(v.span(), key, "the URL has no host"));
+        }
+        Ok(uri)
+    }
+
+    fn credentials(&self, key: &str, a: &RawAuth) -> Result<Credentials, ConfigError> {
+        let sources = [
+            a.client_secret_env.as_ref().map(|s| s.span()),
+            a.client_secret_file.as_ref().map(|s| s.span()),
+            a.basic_credentials_env.as_ref().map(|s| s.span()),
+            a.basic_credentials_file.as_ref().map(|s| s.span()),
+        ];
+        let set: Vec<_> = sources.iter().flatten().collect();
+        let auth_key = format!("{key}.auth");
+        if set.is_empty() {
+            return Err(self.invalid(
+                a.token_url.span(),
+                &auth_key,
+                "no credentials: set one of client_secret_env, client_secret_file, \
+                 basic_credentials_env, basic_credentials_file",
+            ));
+        }
+        if set.len() > 1 {
+            return Err(self.invalid(
+                set[1].clone(),
+                &auth_key,
+                "set only one of client_secret_env, client_secret_file, basic_credentials_env, \
+                 basic_credentials_file",
+            ));
+        }
+        let secret = if let Some(env) = &a.client_secret_env {
+            self.secret_env(env, &format!("{auth_key}.client_secret_env"))?
+        } else if let Some(file) = &a.client_secret_file {
+            self.secret_file(file, &format!("{auth_key}.client_secret_file"))?
+        } else if let Some(env) = &a.basic_credentials_env {
+            self.reject_client_id(a, &auth_key)?;
+            return Ok(Credentials::Basic(
+                self.secret_env(env, &format!("{auth_key}.basic_credentials_env"))?,
+            ));
+        } else if let Some(file) = &a.basic_credentials_file {
+            self.reject_client_id(a, &auth_key)?;
+            return Ok(Credentials::Basic(self.secret_file(
+                file,
+                &format!("{auth_key}.basic_credentials_file"),
+            )?));
+        } else {
+            unreachable!("one source is set")
+        };
+        let Some(client_id) = &a.client_id else {
+            return Err(self.invalid(
+                a.token_url.span(),
+                &format!("{auth_key}.client_id"),
+                "client_id is required with client_secret_env / client_secret_file",
+            ));
+        };
+        if client_id.get_ref().is_empty() {
+            return Err(self.invalid(
+                client_id.span(),
+                &format!("{auth_key}.client_id"),
+                "must not be empty",
+            ));
+        }
+        Ok(Credentials::ClientSecret {
+            client_id: client_id.get_ref().clone(),
+            secret,
+        })
+    }
+
+    fn reject_client_id(&self, a: &RawAuth, auth_key: &str) -> Result<(), ConfigError> {
+        match &a.client_id {
+            Some(id) => Err(self.invalid(
+                id.span(),
+                &format!("{auth_key}.client_id"),
+                "client_id is not used with basic_credentials_*: the partner-issued value is sent as is",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn secret_env(&self, v: &Spanned<String>, key: &str) -> Result<SecretString, ConfigError> {
+        match std::env::var(v.get_ref()) {
+            Ok(s) if !s.is_empty() => Ok(SecretString::from(s)),
+            Ok(_) => Err(self.invalid(
+                v.span(),
+                key,
+                &format!("environment variable {} is empty", v.get_ref()),
+            )),
+            Err(_) => Err(self.invalid(
+                v.span(),
+                key,
+                &format!("environment variable {} is not set", v.get_ref()),
+            )),
+        }
+    }
+
+    fn secret_file(&self, v: &Spanned<PathBuf>, key: &str) -> Result<SecretString, ConfigError> {
+        let path = self.relative(v.get_ref());
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            self.invalid(
+                v.span(),
+                key,
+                &format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        // A trailing newline is an artefact of `echo secret > file`, never part of a secret.
+        let trimmed = text.trim_end_matches(['\r', '\n']);
+        if trimmed.is_empty() {
+            return Err(self.invalid(v.span(), key, &format!("{} is empty", path.display())));
+        }
+        Ok(SecretString::from(trimmed.to_string()))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+impl fmt::Display for PublishMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_method().as_str())
+    }
+}
+
+impl Config {
+    /// A human-readable summary for `irisd check-config`: every destination, secrets as `***`.
+    pub fn summary(&self) -> String {
+        use fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{}: OK, intake on {}",
+            self.path.display(),
+            self.intake.listen
+        );
+        for d in &self.destinations {
+            let cred = match &d.auth.credentials {
+                Credentials::ClientSecret { client_id, .. } => {
+                    format!("client_id={client_id} client_secret=***")
+                }
+                Credentials::Basic(_) => "basic_credentials=***".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "destination {:?}: AAM_Destination_Id={} User_DPID={} Client_ID={}\n  token  POST {} ({cred}{})\n  publish {} {} gzip={} max_users={} max_bytes={} linger={}ms timeout={}ms max_in_flight={}{}",
+                d.name,
+                d.destination_id,
+                d.user_dpid,
+                d.aam_client_id,
+                d.auth.token_url,
+                d.auth.scope.as_ref().map(|s| format!(" scope={s:?}")).unwrap_or_default(),
+                d.publish.method,
+                d.publish.url,
+                d.publish.gzip,
+                d.publish.max_users,
+                d.publish.max_bytes,
+                d.publish.linger.as_millis(),
+                d.publish.timeout.as_millis(),
+                d.publish.max_in_flight,
+                if d.allow_insecure_http { "\n  WARNING: allow_insecure_http = true" } else { "" },
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("a\nbc\n", 0), (1, 1));
+        assert_eq!(line_col("a\nbc\n", 3), (2, 2));
+    }
+
+    #[test]
+    fn scope_chars_follow_rfc6749() {
+        assert!("segments read:all".bytes().all(is_scope_char));
+        assert!(!"a\"b".bytes().all(is_scope_char));
+        assert!(!"a\\b".bytes().all(is_scope_char));
+    }
+}

@@ -1,0 +1,20 @@
+//! irisd delivers Audience Manager segment qualifications to partners the way IRIS does:
+//! OAuth 2.0 client-credentials tokens from the partner's token endpoint, cached per
+//! destination, and gzip'd JSON payloads to the partner's publish endpoint over HTTPS.
+//!
+//! The map of the modules and the flow of one event is in `ARCHITECTURE.md`.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod demo;
+pub mod intake;
+pub mod metrics;
+pub mod mock;
+pub mod oauth;
+pub mod payload;
+pub mod server;
+pub mod transport;

@@ -1,0 +1,251 @@
+//! The `irisd` command line: parses arguments and calls into the library. Errors reach the
+//! user here, as one readable message and a non-zero exit code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use irisd::config::Config;
+use irisd::daemon::Daemon;
+use irisd::mock::{ClientSpec, MockConfig, MockPartner};
+
+/// irisd delivers Audience Manager segment qualifications to partners over OAuth 2.0, the way
+/// Adobe's IRIS does: it gets bearer tokens from each partner's token endpoint (client
+/// credentials, HTTP Basic), caches them, and publishes gzip'd JSON payloads over HTTPS.
+#[derive(Parser)]
+#[command(name = "irisd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: take events on the intake API and deliver them to the configured partners.
+    Run {
+        /// The TOML configuration (see deploy/irisd.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Seconds to keep sending queued events after SIGTERM/SIGINT before exiting.
+        #[arg(long, default_value_t = 10)]
+        grace_secs: u64,
+    },
+    /// Run the mock partner: a strict OAuth 2.0 token endpoint and segment publish endpoint
+    /// over HTTPS, for testing irisd or your own partner integration.
+    MockPartner {
+        /// A TOML file with the mock's settings and clients; flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:9443].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Directory for the generated CA (ca.pem) and server certificate; created on first
+        /// start and reused after [default: ./mock-partner-tls].
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
+        /// A client the token endpoint accepts, as ID:SECRET (repeatable). Without any, one
+        /// is generated and printed.
+        #[arg(long = "client", value_name = "ID:SECRET")]
+        clients: Vec<String>,
+        /// Token lifetime in seconds, or `none` for tokens that never expire and responses
+        /// without expires_in (as in the IRIS example) [default: 3600].
+        #[arg(long, value_name = "SECS|none")]
+        token_ttl: Option<String>,
+        /// Require the exact IRIS Content-Type string on token requests.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run a live demo on loopback: mock partner + daemon + synthetic load, then a summary.
+    Demo {
+        /// How long to feed events.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Validate a configuration file and print the destinations it defines (secrets as ***).
+    CheckConfig {
+        /// The TOML configuration to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("irisd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("irisd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run { config, grace_secs } => run(config, Duration::from_secs(grace_secs)).await,
+        Command::MockPartner {
+            config,
+            listen,
+            tls_dir,
+            clients,
+            token_ttl,
+            strict,
+        } => mock_partner(config, listen, tls_dir, clients, token_ttl, strict).await,
+        Command::Demo { seconds } => demo(seconds).await,
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            print!("{}", config.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(config: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&config)?;
+    let daemon = Daemon::start(&config).await?;
+    shutdown_signal().await?;
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "shutting down: intake closed, sending what is queued"
+    );
+    if daemon.shutdown(grace).await {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::warn!("grace period over with events still queued; they were not delivered");
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+async fn mock_partner(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    tls_dir: Option<PathBuf>,
+    clients: Vec<String>,
+    token_ttl: Option<String>,
+    strict: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut cfg = match &config {
+        Some(path) => MockConfig::load(path).map_err(anyhow::Error::msg)?,
+        None => MockConfig::default(),
+    };
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = tls_dir {
+        cfg.tls_dir = d;
+    }
+    if let Some(ttl) = token_ttl {
+        cfg.token_ttl_secs = match ttl.as_str() {
+            "none" => None,
+            n => Some(
+                n.parse()
+                    .with_context(|| format!("--token-ttl {n:?}: expected seconds or `none`"))?,
+            ),
+        };
+    }
+    cfg.strict_content_type |= strict;
+    for c in clients {
+        let Some((id, secret)) = c.split_once(':') else {
+            bail!("--client must be ID:SECRET");
+        };
+        cfg.clients.push(ClientSpec {
+            client_id: Some(id.to_string()),
+            client_secret: Some(secret.to_string()),
+            basic: None,
+            scopes: vec![],
+        });
+    }
+    if cfg.clients.is_empty() {
+        let secret = format!("{:032x}", fastrand::u128(..));
+        // Printed on purpose: this is a throwaway credential the operator needs to configure a client.
+        eprintln!(
+            "no --client given; accepting client_id \"iris\" with client_secret \"{secret}\""
+        );
+        cfg.clients.push(ClientSpec {
+            client_id: Some("iris".into()),
+            client_secret: Some(secret),
+            basic: None,
+            scopes: vec![],
+        });
+    }
+    let mock = MockPartner::start(cfg).await.map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "mock partner listening on https://{}\n  token endpoint:   {}\n  publish endpoint: {}\n  trust this CA:    {}\n  stats:            {}",
+        mock.addr,
+        mock.token_url(),
+        mock.publish_url(),
+        mock.ca_file.display(),
+        mock.url("/_mock/stats"),
+    );
+    shutdown_signal().await?;
+    mock.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(seconds: u64) -> anyhow::Result<ExitCode> {
+    let summary = irisd::demo::run(irisd::demo::DemoOptions {
+        duration: Duration::from_secs(seconds),
+        ..Default::default()
+    })
+    .await?;
+    println!(
+        "\nirisd demo summary\n  events accepted     {}\n  events delivered    {}\n  events failed       {}\n  publish requests    {}\n  token fetches       {}\n  partner saw         {} users in {} requests\n  throughput          {:.0} events/s\n  publish latency     p50 {:.2} ms, p99 {:.2} ms",
+        summary.accepted,
+        summary.delivered,
+        summary.failed,
+        summary.requests,
+        summary.token_fetches,
+        summary.partner_users,
+        summary.partner_requests,
+        summary.users_per_sec,
+        summary.latency_p50_ms,
+        summary.latency_p99_ms,
+    );
+    if summary.complete() {
+        println!("  result              OK: every accepted event was delivered");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("  result              FAILED: accepted events were not all delivered");
+        Ok(ExitCode::FAILURE)
+    }
+}

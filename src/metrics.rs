@@ -1,0 +1,129 @@
+//! Per-destination counters and the publish latency histogram.
+//!
+//! Counters are plain atomics, written on the hot path without locks. They distinguish what
+//! was accepted from what was delivered and what failed, so nothing claims a delivery that did
+//! not happen. No label or value here ever holds a secret or a user id.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Counters of one destination.
+pub struct DestinationMetrics {
+    /// Users accepted at the intake for this destination.
+    pub accepted_users: AtomicU64,
+    /// Users in requests the partner acknowledged.
+    pub delivered_users: AtomicU64,
+    /// Users in requests that finally failed.
+    pub failed_users: AtomicU64,
+    /// Users taken from the queue and not yet delivered or failed.
+    pub in_flight_users: AtomicU64,
+    pub requests_ok: AtomicU64,
+    pub requests_failed: AtomicU64,
+    /// Publish attempts answered 401 (token rejected by the partner).
+    pub unauthorized: AtomicU64,
+    /// Payload bytes before compression.
+    pub bytes_raw: AtomicU64,
+    /// Body bytes on the wire.
+    pub bytes_sent: AtomicU64,
+    token_fetches: Mutex<BTreeMap<String, u64>>,
+    /// Publish request latency in microseconds (successful requests).
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for DestinationMetrics {
+    fn default() -> Self {
+        Self {
+            accepted_users: AtomicU64::new(0),
+            delivered_users: AtomicU64::new(0),
+            failed_users: AtomicU64::new(0),
+            in_flight_users: AtomicU64::new(0),
+            requests_ok: AtomicU64::new(0),
+            requests_failed: AtomicU64::new(0),
+            unauthorized: AtomicU64::new(0),
+            bytes_raw: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            token_fetches: Mutex::new(BTreeMap::new()),
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds"),
+            ),
+        }
+    }
+}
+
+/// A point-in-time copy of a destination's metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Snapshot {
+    pub accepted_users: u64,
+    pub delivered_users: u64,
+    pub failed_users: u64,
+    pub in_flight_users: u64,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub unauthorized: u64,
+    pub bytes_raw: u64,
+    pub bytes_sent: u64,
+    /// Token fetches by outcome (`ok`, `invalid_client`, `transport`, ...).
+    pub token_fetches: BTreeMap<String, u64>,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+}
+
+impl DestinationMetrics {
+    pub fn token_fetched(&self, outcome: &str) {
+        *self
+            .token_fetches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(outcome.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn record_latency(&self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 600_000_000);
+        let _ = self
+            .latency_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(us);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let h = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+        let q = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        Snapshot {
+            accepted_users: self.accepted_users.load(Relaxed),
+            delivered_users: self.delivered_users.load(Relaxed),
+            failed_users: self.failed_users.load(Relaxed),
+            in_flight_users: self.in_flight_users.load(Relaxed),
+            requests_ok: self.requests_ok.load(Relaxed),
+            requests_failed: self.requests_failed.load(Relaxed),
+            unauthorized: self.unauthorized.load(Relaxed),
+            bytes_raw: self.bytes_raw.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            token_fetches: self
+                .token_fetches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            latency_p50_ms: q(0.5),
+            latency_p99_ms: q(0.99),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Token fetches that returned a token.
+    pub fn token_fetches_ok(&self) -> u64 {
+        self.token_fetches.get("ok").copied().unwrap_or(0)
+    }
+}

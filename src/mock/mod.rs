@@ -1,0 +1,460 @@
+//! The mock partner: the other side of the protocol, strict, over HTTPS.
+//!
+//! It serves the RFC 6749 token endpoint ([`token`]) and the segment publish endpoint
+//! ([`publish`]) exactly as PROTOCOL.md describes a partner, checks everything IRIS must send,
+//! and answers errors the way the RFCs say. It is a product for partners (run it, point a
+//! test setup at it) and the counterpart of every integration test; it shares only the payload
+//! types and the secret types with the daemon. Its state (clients, issued tokens, counters, a
+//! bounded journal of requests) is in [`MockState`]; admin endpoints live under `/_mock/`.
+
+pub mod publish;
+pub mod tls;
+pub mod token;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::payload::Payload;
+use crate::server::{error_response, json_response, serve, ServerHandle};
+
+/// `[[client]]` in the mock's config: one set of credentials the token endpoint accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    /// RFC 6749 client id (with `client_secret`).
+    pub client_id: Option<String>,
+    /// RFC 6749 client secret (with `client_id`).
+    pub client_secret: Option<String>,
+    /// An opaque Basic credential, compared with what follows `Basic ` as is.
+    pub basic: Option<String>,
+    /// Scopes this client may request; empty = any.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The mock partner's configuration (`irisd mock-partner --config FILE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockConfig {
+    /// Address to listen on (HTTPS).
+    pub listen: SocketAddr,
+    /// Where the CA and server certificate live (created on first start).
+    pub tls_dir: PathBuf,
+    /// Path of the token endpoint.
+    pub token_path: String,
+    /// Path of the segment publish endpoint.
+    pub publish_path: String,
+    /// Token lifetime in seconds; absent/0 = tokens never expire and `expires_in` is omitted,
+    /// as in the IRIS example.
+    pub token_ttl_secs: Option<u64>,
+    /// Insist on the exact IRIS `Content-Type` string on token requests.
+    pub strict_content_type: bool,
+    /// Most users accepted in one publish request.
+    pub max_users: usize,
+    /// Largest publish body accepted (decoded).
+    pub max_body_bytes: usize,
+    /// Requests remembered in the journal.
+    pub journal_capacity: usize,
+    /// Accepted payloads kept for inspection.
+    pub payload_capacity: usize,
+    /// Scope a token must carry to publish (403 `insufficient_scope` otherwise); none = any.
+    pub publish_scope: Option<String>,
+    /// Accepted credentials.
+    #[serde(rename = "client")]
+    pub clients: Vec<ClientSpec>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9443)),
+            tls_dir: PathBuf::from("mock-partner-tls"),
+            token_path: "/oauth2/token".into(),
+            publish_path: "/segments/aam".into(),
+            token_ttl_secs: Some(3600),
+            strict_content_type: false,
+            max_users: 100_000,
+            max_body_bytes: 64 * 1024 * 1024,
+            journal_capacity: 1000,
+            payload_capacity: 1000,
+            publish_scope: None,
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl MockConfig {
+    /// Reads a mock config file; errors name the file, line and key.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let de = toml::Deserializer::new(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|s| text[..s.start].matches('\n').count() + 1)
+                .unwrap_or(1);
+            format!("{}:{line}: {key}: {}", path.display(), inner.message())
+        })
+    }
+}
+
+/// A client the mock knows, with its secret held as a secret.
+pub(crate) enum Client {
+    IdSecret {
+        id: String,
+        secret: SecretString,
+        scopes: Vec<String>,
+    },
+    Raw {
+        basic: SecretString,
+        scopes: Vec<String>,
+    },
+}
+
+impl Client {
+    fn from_spec(spec: &ClientSpec) -> Result<Client, String> {
+        match (&spec.client_id, &spec.client_secret, &spec.basic) {
+            (Some(id), Some(secret), None) => Ok(Client::IdSecret {
+                id: id.clone(),
+                secret: SecretString::from(secret.clone()),
+                scopes: spec.scopes.clone(),
+            }),
+            (None, None, Some(basic)) => Ok(Client::Raw {
+                basic: SecretString::from(basic.clone()),
+                scopes: spec.scopes.clone(),
+            }),
+            _ => Err("a client has either client_id and client_secret, or basic".into()),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Client::IdSecret { id, .. } => id,
+            Client::Raw { .. } => "(opaque basic)",
+        }
+    }
+
+    fn scopes(&self) -> &[String] {
+        match self {
+            Client::IdSecret { scopes, .. } | Client::Raw { scopes, .. } => scopes,
+        }
+    }
+}
+
+/// A token the mock issued.
+pub(crate) struct Issued {
+    pub client: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<Instant>,
+}
+
+/// Counters, readable at `GET /_mock/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MockStats {
+    pub token_requests: u64,
+    pub tokens_issued: u64,
+    /// Token requests refused, by RFC 6749 error code.
+    pub token_rejections: BTreeMap<String, u64>,
+    pub publish_requests: u64,
+    pub publish_accepted: u64,
+    pub users_accepted: u64,
+    pub segments_accepted: u64,
+    /// Publish requests refused, by reason.
+    pub publish_rejections: BTreeMap<String, u64>,
+}
+
+/// One request as the mock saw it (Authorization redacted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub seq: u64,
+    /// Milliseconds since the mock started.
+    pub at_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body_bytes: usize,
+    pub status: u16,
+    /// `accepted` or the rejection reason.
+    pub verdict: String,
+    pub detail: String,
+}
+
+/// A payload the publish endpoint accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Received {
+    pub seq: u64,
+    pub method: String,
+    pub request_id: Option<String>,
+    pub payload: Payload,
+}
+
+/// Everything the mock knows.
+pub struct MockState {
+    cfg: MockConfig,
+    started: Instant,
+    pub(crate) clients: RwLock<Vec<Client>>,
+    pub(crate) tokens: RwLock<HashMap<String, Issued>>,
+    stats: Mutex<MockStats>,
+    journal: Mutex<VecDeque<JournalEntry>>,
+    received: Mutex<VecDeque<Received>>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl MockState {
+    fn new(cfg: MockConfig) -> Result<Self, String> {
+        let clients = cfg
+            .clients
+            .iter()
+            .map(Client::from_spec)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            cfg,
+            started: Instant::now(),
+            clients: RwLock::new(clients),
+            tokens: RwLock::new(HashMap::new()),
+            stats: Mutex::new(MockStats::default()),
+            journal: Mutex::new(VecDeque::new()),
+            received: Mutex::new(VecDeque::new()),
+            seq: Default::default(),
+        })
+    }
+
+    pub fn config(&self) -> &MockConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> MockStats {
+        lock(&self.stats).clone()
+    }
+
+    /// The journal, oldest first.
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        lock(&self.journal).iter().cloned().collect()
+    }
+
+    /// Accepted payloads, oldest first (bounded by `payload_capacity`).
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.received).iter().cloned().collect()
+    }
+
+    /// Invalidates every issued token: the next publish with one gets 401.
+    pub fn revoke_all_tokens(&self) -> usize {
+        let mut t = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        let n = t.len();
+        t.clear();
+        n
+    }
+
+    /// Forgets counters, journal and received payloads.
+    pub fn reset(&self) {
+        *lock(&self.stats) = MockStats::default();
+        lock(&self.journal).clear();
+        lock(&self.received).clear();
+    }
+
+    /// Whether `value` is a token the mock issued, unexpired (for tests checking secrecy).
+    pub fn issued_token_values(&self) -> Vec<String> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn count(&self, f: impl FnOnce(&mut MockStats)) {
+        f(&mut lock(&self.stats));
+    }
+
+    pub(crate) fn keep_payload(&self, r: Received) {
+        let mut q = lock(&self.received);
+        if q.len() >= self.cfg.payload_capacity.max(1) {
+            q.pop_front();
+        }
+        q.push_back(r);
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record(
+        &self,
+        seq: u64,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body_bytes: usize,
+        status: StatusCode,
+        verdict: &str,
+        detail: &str,
+    ) {
+        let entry = JournalEntry {
+            seq,
+            at_ms: self.started.elapsed().as_millis() as u64,
+            method: method.to_string(),
+            path: path.to_string(),
+            headers: redact_headers(headers),
+            body_bytes,
+            status: status.as_u16(),
+            verdict: verdict.to_string(),
+            detail: detail.to_string(),
+        };
+        let mut j = lock(&self.journal);
+        if j.len() >= self.cfg.journal_capacity.max(1) {
+            j.pop_front();
+        }
+        j.push_back(entry);
+    }
+
+    pub(crate) fn token_ttl(&self) -> Option<Duration> {
+        self.cfg
+            .token_ttl_secs
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Headers for the journal: `Authorization` shows only its scheme.
+fn redact_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let value = if k == http::header::AUTHORIZATION || k == http::header::COOKIE {
+                let s = v.to_str().unwrap_or("");
+                format!("{} [redacted]", s.split(' ').next().unwrap_or(""))
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            };
+            (k.as_str().to_string(), value)
+        })
+        .collect()
+}
+
+/// A running mock partner.
+pub struct MockPartner {
+    pub addr: SocketAddr,
+    pub ca_file: PathBuf,
+    pub state: Arc<MockState>,
+    server: ServerHandle,
+}
+
+impl MockPartner {
+    /// Binds, loads or creates the certificates, and serves.
+    pub async fn start(cfg: MockConfig) -> Result<MockPartner, String> {
+        let (tls, ca_file) = tls::load_or_create(&cfg.tls_dir).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let state = Arc::new(MockState::new(cfg)?);
+        let s = state.clone();
+        let server = serve(
+            listener,
+            Some(tokio_rustls::TlsAcceptor::from(tls)),
+            move |req, _peer| route(s.clone(), req),
+        );
+        Ok(MockPartner {
+            addr: server.addr,
+            ca_file,
+            state,
+            server,
+        })
+    }
+
+    /// `https://localhost:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    pub fn token_url(&self) -> String {
+        self.url(&self.state.cfg.token_path)
+    }
+
+    pub fn publish_url(&self) -> String {
+        self.url(&self.state.cfg.publish_path)
+    }
+
+    pub async fn shutdown(self) {
+        self.server.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+async fn route(state: Arc<MockState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if path == state.cfg.token_path {
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, 64 * 1024).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return token::handle(&state, &parts, &body);
+    }
+    if path == state.cfg.publish_path {
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, state.cfg.max_body_bytes).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return publish::handle(&state, &parts, &body);
+    }
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/_mock/stats") => json_response(
+            StatusCode::OK,
+            &serde_json::to_value(state.stats()).unwrap_or_default(),
+        ),
+        (&Method::GET, "/_mock/requests") => json_response(
+            StatusCode::OK,
+            &serde_json::to_value(state.journal()).unwrap_or_default(),
+        ),
+        (&Method::GET, "/_mock/received") => json_response(
+            StatusCode::OK,
+            &serde_json::to_value(state.received()).unwrap_or_default(),
+        ),
+        (&Method::POST, "/_mock/reset") => {
+            state.reset();
+            json_response(StatusCode::OK, &serde_json::json!({"reset": true}))
+        }
+        (&Method::POST, "/_mock/revoke") => {
+            let n = state.revoke_all_tokens();
+            json_response(StatusCode::OK, &serde_json::json!({"revoked": n}))
+        }
+        _ => error_response(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
+    }
+}
+
+async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(body, max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {max} bytes"),
+            ))
+        }
+        Err(e) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            format!("reading body: {e}"),
+        )),
+    }
+}

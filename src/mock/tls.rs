@@ -1,0 +1,100 @@
+//! The mock partner's certificates: a private CA and a server certificate for `localhost`,
+//! `127.0.0.1` and `::1`, generated with rcgen on first start and reused after, so a daemon can
+//! trust the mock by pointing `tls.ca_file` at `ca.pem`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Files in the TLS directory.
+pub const CA_FILE: &str = "ca.pem";
+const CERT_FILE: &str = "server.pem";
+const KEY_FILE: &str = "server.key";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct MockTlsError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Loads the server certificate from `dir`, creating the CA and certificate if absent.
+/// Returns the server TLS configuration and the CA file's path.
+pub fn load_or_create(dir: &Path) -> Result<(Arc<rustls::ServerConfig>, PathBuf), MockTlsError> {
+    let err = |path: &Path, message: String| MockTlsError {
+        path: path.to_owned(),
+        message,
+    };
+    let ca_path = dir.join(CA_FILE);
+    let cert_path = dir.join(CERT_FILE);
+    let key_path = dir.join(KEY_FILE);
+    if !(ca_path.is_file() && cert_path.is_file() && key_path.is_file()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(dir, format!("cannot create TLS directory: {e}")))?;
+        let (ca_pem, cert_pem, key_pem) =
+            generate().map_err(|e| err(dir, format!("generating certificates: {e}")))?;
+        write(&key_path, &key_pem, true).map_err(|e| err(&key_path, e.to_string()))?;
+        write(&cert_path, &cert_pem, false).map_err(|e| err(&cert_path, e.to_string()))?;
+        write(&ca_path, &ca_pem, false).map_err(|e| err(&ca_path, e.to_string()))?;
+        tracing::info!(ca = %ca_path.display(), "generated a CA and server certificate for the mock partner");
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| err(&cert_path, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(&cert_path, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(&cert_path, e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(config), ca_path))
+}
+
+fn generate() -> Result<(String, String, String), rcgen::Error> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "irisd mock partner CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let _ = private;
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}

@@ -1,0 +1,479 @@
+//! The IRIS segment payload: the intake's event shape, its validation, and the exact JSON IRIS
+//! sends (field names, numbers as strings, `User_count`, the `Wed Jul 27 16:17:22 UTC 2016`
+//! date format); plus the strict parser the mock partner uses to check what it receives.
+//!
+//! Each accepted event is rendered once, at intake, into the bytes of its `Users` entry
+//! ([`UserRecord`]). A publish request is then the fixed header, the records joined by commas,
+//! and `]}`: no intermediate JSON tree, exact byte accounting for `max_bytes`, and nothing to
+//! re-validate later. Everything here is pure.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::Deserialize;
+
+/// strftime format of IRIS dates (`ProcessTime`, `DateTime`).
+pub const IRIS_DATE_FORMAT: &str = "%a %b %d %H:%M:%S UTC %Y";
+
+/// Limits on one event, so one producer line cannot make a huge record.
+pub const MAX_SEGMENTS_PER_EVENT: usize = 10_000;
+const MAX_ID_DIGITS: usize = 64;
+const MAX_PARTNER_UUID: usize = 256;
+
+/// One line of `POST /v1/events`: one user's segment changes for one destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeEvent<'a> {
+    #[serde(borrow)]
+    pub destination: Cow<'a, str>,
+    /// Audience Manager's user id (digits).
+    #[serde(borrow)]
+    pub aam_uuid: Cow<'a, str>,
+    /// The partner's id for the user (its device or cookie id).
+    #[serde(borrow, default)]
+    pub data_partner_uuid: Cow<'a, str>,
+    #[serde(borrow)]
+    pub segments: Vec<IntakeSegment<'a>>,
+}
+
+/// One segment change of an [`IntakeEvent`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeSegment<'a> {
+    #[serde(borrow)]
+    pub segment_id: Cow<'a, str>,
+    /// `"1"` qualified (realised), `"0"` disqualified (removed).
+    #[serde(borrow)]
+    pub status: Cow<'a, str>,
+    /// RFC 3339 time of the change; the intake time when absent.
+    #[serde(borrow, default)]
+    pub time: Option<Cow<'a, str>>,
+}
+
+/// A field of an event that is not acceptable, named as the producer wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn field_err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// One user's `Users` entry, rendered to JSON bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// `{"AAM_UUID":...,"DataPartner_UUID":...,"Segments":[...]}`
+    pub json: Bytes,
+}
+
+fn is_digits(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Formats a time as IRIS does: `Wed Jul 27 16:17:22 UTC 2016`.
+pub fn iris_date(ts: Timestamp) -> String {
+    ts.strftime(IRIS_DATE_FORMAT).to_string()
+}
+
+/// Parses an IRIS date strictly (the weekday must match the date).
+pub fn parse_iris_date(s: &str) -> Result<Timestamp, String> {
+    let tm = jiff::fmt::strtime::parse(IRIS_DATE_FORMAT, s).map_err(|e| e.to_string())?;
+    let dt = tm.to_datetime().map_err(|e| e.to_string())?;
+    dt.to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp())
+        .map_err(|e| e.to_string())
+}
+
+/// Validates an intake event and renders its `Users` entry. `now` stands in for absent times.
+pub fn render_user(ev: &IntakeEvent<'_>, now: Timestamp) -> Result<UserRecord, FieldError> {
+    if !is_digits(&ev.aam_uuid, MAX_ID_DIGITS) {
+        return Err(field_err(
+            "aam_uuid",
+            format!("must be 1 to {MAX_ID_DIGITS} decimal digits"),
+        ));
+    }
+    if ev.data_partner_uuid.len() > MAX_PARTNER_UUID {
+        return Err(field_err(
+            "data_partner_uuid",
+            format!("longer than {MAX_PARTNER_UUID} bytes"),
+        ));
+    }
+    if ev.segments.is_empty() {
+        return Err(field_err("segments", "must list at least one segment"));
+    }
+    if ev.segments.len() > MAX_SEGMENTS_PER_EVENT {
+        return Err(field_err(
+            "segments",
+            format!("more than {MAX_SEGMENTS_PER_EVENT} segments"),
+        ));
+    }
+    let mut out = Vec::with_capacity(64 + ev.data_partner_uuid.len() + ev.segments.len() * 80);
+    out.extend_from_slice(b"{\"AAM_UUID\":\"");
+    out.extend_from_slice(ev.aam_uuid.as_bytes());
+    out.extend_from_slice(b"\",\"DataPartner_UUID\":");
+    write_json_str(&mut out, &ev.data_partner_uuid);
+    out.extend_from_slice(b",\"Segments\":[");
+    for (i, seg) in ev.segments.iter().enumerate() {
+        if !is_digits(&seg.segment_id, 20) {
+            return Err(field_err(
+                format!("segments[{i}].segment_id"),
+                "must be 1 to 20 decimal digits",
+            ));
+        }
+        if seg.status != "0" && seg.status != "1" {
+            return Err(field_err(
+                format!("segments[{i}].status"),
+                "must be \"1\" (qualified) or \"0\" (disqualified)",
+            ));
+        }
+        let ts = match &seg.time {
+            Some(t) => t.parse::<Timestamp>().map_err(|e| {
+                field_err(
+                    format!("segments[{i}].time"),
+                    format!("not an RFC 3339 time like 2016-07-27T16:17:22Z: {e}"),
+                )
+            })?,
+            None => now,
+        };
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"Segment_ID\":\"");
+        out.extend_from_slice(seg.segment_id.as_bytes());
+        out.extend_from_slice(b"\",\"Status\":\"");
+        out.extend_from_slice(seg.status.as_bytes());
+        out.extend_from_slice(b"\",\"DateTime\":\"");
+        out.extend_from_slice(iris_date(ts).as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"]}");
+    Ok(UserRecord {
+        json: Bytes::from(out),
+    })
+}
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping is the reference; writing into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
+}
+
+/// The destination-level fields of a payload.
+#[derive(Debug, Clone)]
+pub struct PayloadHeader {
+    pub user_dpid: String,
+    pub client_id: String,
+    pub destination_id: String,
+}
+
+/// Bytes a payload adds around its users (header with the longest date and a large count).
+pub const PAYLOAD_OVERHEAD: usize = 160;
+
+impl PayloadHeader {
+    /// Upper bound of the payload size for users whose records total `users_bytes`.
+    pub fn payload_size(&self, users: usize, users_bytes: usize) -> usize {
+        PAYLOAD_OVERHEAD
+            + self.user_dpid.len()
+            + self.client_id.len()
+            + self.destination_id.len()
+            + users_bytes
+            + users.saturating_sub(1)
+    }
+
+    /// Writes the complete payload JSON into `out`.
+    pub fn write_payload(&self, process_time: Timestamp, users: &[UserRecord], out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ProcessTime\":\"");
+        out.extend_from_slice(iris_date(process_time).as_bytes());
+        out.extend_from_slice(b"\",\"User_DPID\":\"");
+        out.extend_from_slice(self.user_dpid.as_bytes());
+        out.extend_from_slice(b"\",\"Client_ID\":\"");
+        out.extend_from_slice(self.client_id.as_bytes());
+        out.extend_from_slice(b"\",\"AAM_Destination_Id\":\"");
+        out.extend_from_slice(self.destination_id.as_bytes());
+        out.extend_from_slice(b"\",\"User_count\":\"");
+        out.extend_from_slice(users.len().to_string().as_bytes());
+        out.extend_from_slice(b"\",\"Users\":[");
+        for (i, u) in users.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&u.json);
+        }
+        out.extend_from_slice(b"]}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strict parsing, as a partner (the mock) receives the payload.
+// ---------------------------------------------------------------------------------------------
+
+/// A received payload, parsed without leniency: exact field names, no extra fields, every
+/// value a string.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    #[serde(rename = "ProcessTime")]
+    pub process_time: String,
+    #[serde(rename = "User_DPID")]
+    pub user_dpid: String,
+    #[serde(rename = "Client_ID")]
+    pub client_id: String,
+    #[serde(rename = "AAM_Destination_Id")]
+    pub destination_id: String,
+    #[serde(rename = "User_count")]
+    pub user_count: String,
+    #[serde(rename = "Users")]
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    #[serde(rename = "AAM_UUID")]
+    pub aam_uuid: String,
+    #[serde(rename = "DataPartner_UUID")]
+    pub data_partner_uuid: String,
+    #[serde(rename = "Segments")]
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    #[serde(rename = "Segment_ID")]
+    pub segment_id: String,
+    #[serde(rename = "Status")]
+    pub status: String,
+    #[serde(rename = "DateTime")]
+    pub date_time: String,
+}
+
+/// Why a received payload is not a valid IRIS payload. `reason` is a short stable label for
+/// counting; `detail` says exactly what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct PayloadError {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+fn perr(reason: &'static str, detail: impl Into<String>) -> PayloadError {
+    PayloadError {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Parses and checks a payload: field names and types, digit strings, `User_count` equals the
+/// number of users, at most `max_users` users, `Status` 0 or 1, dates in the IRIS format.
+pub fn parse_payload(body: &[u8], max_users: usize) -> Result<Payload, PayloadError> {
+    let p: Payload =
+        serde_json::from_slice(body).map_err(|e| perr("invalid_json", e.to_string()))?;
+    for (name, v) in [
+        ("User_DPID", &p.user_dpid),
+        ("Client_ID", &p.client_id),
+        ("AAM_Destination_Id", &p.destination_id),
+        ("User_count", &p.user_count),
+    ] {
+        if !is_digits(v, 20) {
+            return Err(perr(
+                "invalid_field",
+                format!("{name} {v:?} is not a digit string"),
+            ));
+        }
+    }
+    parse_iris_date(&p.process_time).map_err(|e| {
+        perr(
+            "invalid_date",
+            format!("ProcessTime {:?}: {e}", p.process_time),
+        )
+    })?;
+    let count: usize = p.user_count.parse().unwrap_or(usize::MAX);
+    if count != p.users.len() {
+        return Err(perr(
+            "user_count_mismatch",
+            format!(
+                "User_count is {} but Users has {} entries",
+                p.user_count,
+                p.users.len()
+            ),
+        ));
+    }
+    if p.users.is_empty() {
+        return Err(perr("no_users", "Users is empty"));
+    }
+    if p.users.len() > max_users {
+        return Err(perr(
+            "too_many_users",
+            format!(
+                "{} users in one request, at most {max_users} accepted",
+                p.users.len()
+            ),
+        ));
+    }
+    for (i, u) in p.users.iter().enumerate() {
+        if !is_digits(&u.aam_uuid, MAX_ID_DIGITS) {
+            return Err(perr(
+                "invalid_field",
+                format!("Users[{i}].AAM_UUID is not a digit string"),
+            ));
+        }
+        if u.segments.is_empty() {
+            return Err(perr(
+                "invalid_field",
+                format!("Users[{i}].Segments is empty"),
+            ));
+        }
+        for (j, s) in u.segments.iter().enumerate() {
+            if !is_digits(&s.segment_id, 20) {
+                return Err(perr(
+                    "invalid_field",
+                    format!("Users[{i}].Segments[{j}].Segment_ID is not a digit string"),
+                ));
+            }
+            if s.status != "0" && s.status != "1" {
+                return Err(perr(
+                    "invalid_field",
+                    format!(
+                        "Users[{i}].Segments[{j}].Status {:?} is not \"0\" or \"1\"",
+                        s.status
+                    ),
+                ));
+            }
+            parse_iris_date(&s.date_time).map_err(|e| {
+                perr(
+                    "invalid_date",
+                    format!("Users[{i}].Segments[{j}].DateTime {:?}: {e}", s.date_time),
+                )
+            })?;
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(line: &str) -> IntakeEvent<'_> {
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn iris_dates_round_trip() {
+        let ts: Timestamp = "2016-07-27T16:17:22Z".parse().unwrap();
+        assert_eq!(iris_date(ts), "Wed Jul 27 16:17:22 UTC 2016");
+        assert_eq!(parse_iris_date("Wed Jul 27 16:17:22 UTC 2016").unwrap(), ts);
+        assert_eq!(
+            iris_date("2021-03-05T01:02:03Z".parse().unwrap()),
+            "Fri Mar 05 01:02:03 UTC 2021"
+        );
+        assert!(
+            parse_iris_date("Thu Jul 27 16:17:22 UTC 2016").is_err(),
+            "weekday must match"
+        );
+        assert!(parse_iris_date("2016-07-27T16:17:22Z").is_err());
+    }
+
+    #[test]
+    fn payload_is_the_iris_shape() {
+        let ev = event(
+            r#"{"destination":"a","aam_uuid":"19393572368547369350319949416899715727","data_partner_uuid":"4250948725049857","segments":[{"segment_id":"14356","status":"1","time":"2016-07-27T16:17:22Z"}]}"#,
+        );
+        let u = render_user(&ev, Timestamp::UNIX_EPOCH).unwrap();
+        let header = PayloadHeader {
+            user_dpid: "12345".into(),
+            client_id: "74323".into(),
+            destination_id: "423".into(),
+        };
+        let mut out = Vec::new();
+        header.write_payload(
+            "2016-07-27T16:17:42Z".parse().unwrap(),
+            &[u.clone(), u],
+            &mut out,
+        );
+        let expected = r#"{"ProcessTime":"Wed Jul 27 16:17:42 UTC 2016","User_DPID":"12345","Client_ID":"74323","AAM_Destination_Id":"423","User_count":"2","Users":[{"AAM_UUID":"19393572368547369350319949416899715727","DataPartner_UUID":"4250948725049857","Segments":[{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}]},{"AAM_UUID":"19393572368547369350319949416899715727","DataPartner_UUID":"4250948725049857","Segments":[{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}]}]}"#;
+        assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+        assert!(out.len() <= header.payload_size(2, 2 * 180));
+        let parsed = parse_payload(&out, 10).unwrap();
+        assert_eq!(parsed.users.len(), 2);
+    }
+
+    #[test]
+    fn partner_uuid_is_escaped() {
+        let ev = event(
+            r#"{"destination":"a","aam_uuid":"1","data_partner_uuid":"q\"\\x","segments":[{"segment_id":"1","status":"0"}]}"#,
+        );
+        let u = render_user(&ev, Timestamp::UNIX_EPOCH).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&u.json).unwrap();
+        assert_eq!(v["DataPartner_UUID"], "q\"\\x");
+        assert_eq!(v["Segments"][0]["DateTime"], "Thu Jan 01 00:00:00 UTC 1970");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (
+                r#"{"destination":"a","aam_uuid":"x1","segments":[{"segment_id":"1","status":"1"}]}"#,
+                "aam_uuid",
+            ),
+            (
+                r#"{"destination":"a","aam_uuid":"1","segments":[]}"#,
+                "segments",
+            ),
+            (
+                r#"{"destination":"a","aam_uuid":"1","segments":[{"segment_id":"1","status":"2"}]}"#,
+                "segments[0].status",
+            ),
+            (
+                r#"{"destination":"a","aam_uuid":"1","segments":[{"segment_id":"1","status":"1"},{"segment_id":"a","status":"1"}]}"#,
+                "segments[1].segment_id",
+            ),
+            (
+                r#"{"destination":"a","aam_uuid":"1","segments":[{"segment_id":"1","status":"1","time":"yesterday"}]}"#,
+                "segments[0].time",
+            ),
+        ];
+        for (line, field) in cases {
+            let e = render_user(&event(line), Timestamp::UNIX_EPOCH).unwrap_err();
+            assert_eq!(e.field, field, "{line}");
+        }
+    }
+
+    #[test]
+    fn strict_parser_rejects_what_iris_would_not_send() {
+        let good = r#"{"ProcessTime":"Wed Jul 27 16:17:42 UTC 2016","User_DPID":"12345","Client_ID":"74323","AAM_Destination_Id":"423","User_count":"1","Users":[{"AAM_UUID":"1","DataPartner_UUID":"","Segments":[{"Segment_ID":"1","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}]}]}"#;
+        assert!(parse_payload(good.as_bytes(), 10).is_ok());
+        let reason = |s: &str| parse_payload(s.as_bytes(), 10).unwrap_err().reason;
+        assert_eq!(
+            reason(&good.replace(r#""User_count":"1""#, r#""User_count":"2""#)),
+            "user_count_mismatch"
+        );
+        assert_eq!(
+            reason(&good.replace(r#""User_count":"1""#, r#""User_count":1"#)),
+            "invalid_json"
+        );
+        assert_eq!(
+            reason(&good.replace("User_DPID", "User_Dpid")),
+            "invalid_json"
+        );
+        assert_eq!(
+            reason(&good.replace(r#""Status":"1""#, r#""Status":"5""#)),
+            "invalid_field"
+        );
+        assert_eq!(
+            reason(&good.replace("Wed Jul 27 16:17:22", "2016-07-27")),
+            "invalid_date"
+        );
+        assert_eq!(
+            parse_payload(good.as_bytes(), 0).unwrap_err().reason,
+            "too_many_users"
+        );
+    }
+}

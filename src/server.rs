@@ -1,0 +1,140 @@
+//! The HTTP/1.1 server loop shared by the intake and the mock partner: accept (optionally TLS),
+//! serve with hyper, bound header read time, and shut down gracefully on request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// Connections served at once per listener; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 4096;
+/// Time a client has to send its request headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops accepting, lets open requests finish (up to `grace`), then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(grace, self.task).await;
+    }
+}
+
+/// Serves `handler` on `listener` until [`ServerHandle::shutdown`].
+pub fn serve<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, handler: H) -> ServerHandle
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let addr = listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => p.expect("never closed"),
+                _ = shutdown_rx.changed() => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown_rx.changed() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let fut = handler(req, peer);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(true);
+            match &tls {
+                None => {
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        drop(permit);
+                    });
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let tls_stream = match tokio::time::timeout(
+                            TLS_HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let conn =
+                            watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc));
+                        let _ = conn.await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        drop(listener);
+        graceful.shutdown().await;
+    });
+    ServerHandle {
+        addr,
+        shutdown: shutdown_tx,
+        task,
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `{"error": message}` with `status`.
+pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json_response(status, &serde_json::json!({ "error": message.into() }))
+}
