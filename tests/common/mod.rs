@@ -1,0 +1,128 @@
+//! Shared helpers for the integration tests: a real mock partner on 127.0.0.1:0 with its own
+//! temporary TLS directory, configs written to disk and loaded through the real parser, and a
+//! plain HTTP client for the intake.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use irisd::config::Config;
+use irisd::mock::{ClientSpec, MockConfig, MockPartner};
+use tempfile::TempDir;
+
+pub const CLIENT_ID: &str = "iris-test";
+pub const CLIENT_SECRET: &str = "s3cr3t-Value:with@odd chars%!";
+
+pub struct Env {
+    pub dir: TempDir,
+    pub mock: MockPartner,
+}
+
+/// Starts a mock partner accepting CLIENT_ID/CLIENT_SECRET; `tweak` adjusts its config.
+pub async fn mock(tweak: impl FnOnce(&mut MockConfig)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = MockConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_dir: dir.path().join("tls"),
+        clients: vec![ClientSpec {
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(CLIENT_SECRET.into()),
+            basic: None,
+            scopes: vec![],
+        }],
+        ..MockConfig::default()
+    };
+    tweak(&mut cfg);
+    let mock = MockPartner::start(cfg).await.unwrap();
+    Env { dir, mock }
+}
+
+impl Env {
+    /// A daemon config for one destination "partner-a" at the mock; `publish_extra` is added
+    /// to `[destination.publish]`, `auth_extra` to `[destination.auth]`.
+    pub fn config(&self, publish_extra: &str, auth_extra: &str) -> Config {
+        let secret = self.dir.path().join("secret");
+        std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
+        let text = format!(
+            r#"[intake]
+listen = "127.0.0.1:0"
+
+[[destination]]
+name = "partner-a"
+destination_id = "423"
+user_dpid = "12345"
+aam_client_id = "74323"
+
+[destination.auth]
+token_url = "{}"
+client_id = "{CLIENT_ID}"
+client_secret_file = "secret"
+{auth_extra}
+
+[destination.publish]
+url = "{}"
+{publish_extra}
+
+[destination.tls]
+ca_file = "{}"
+"#,
+            self.mock.token_url(),
+            self.mock.publish_url(),
+            self.mock.ca_file.display()
+        );
+        let path = self.dir.path().join("irisd.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.mock.ca_file.clone()
+    }
+}
+
+/// One NDJSON event line.
+pub fn event(dest: &str, uuid: u64, segments: &[(&str, &str)]) -> String {
+    let segs: Vec<String> = segments
+        .iter()
+        .map(|(id, st)| format!(r#"{{"segment_id":"{id}","status":"{st}","time":"2016-07-27T16:17:22Z"}}"#))
+        .collect();
+    format!(
+        r#"{{"destination":"{dest}","aam_uuid":"{uuid}","data_partner_uuid":"dp-{uuid}","segments":[{}]}}"#,
+        segs.join(",")
+    )
+}
+
+/// POSTs `body` to the intake; returns status, Retry-After and body text.
+pub async fn post_events(addr: SocketAddr, body: String) -> (u16, Option<String>, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://{addr}/v1/events"))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, retry, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
