@@ -64,17 +64,25 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn http_response(headers: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!("HTTP/1.1 200 OK\r\n{headers}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     r.extend_from_slice(body);
     r
 }
 
 #[tokio::test]
-async fn token_request_is_byte_for_byte_the_iris_request_and_gzip_response_without_expires_in_is_used() {
+async fn token_request_is_byte_for_byte_the_iris_request_and_gzip_response_without_expires_in_is_used(
+) {
     let dir = tempfile::tempdir().unwrap();
     let token = "glIbBVohK8d86alDEnllPWi6IpjZvJC6kwBRuuawts6YMkw4tZkt84rEZYU2ZKHCQP3TT7PnzCQPI0yY";
     let body = gzip(format!(r#"{{"token_type":"Bearer","access_token":"{token}"}}"#).as_bytes());
-    let resp = http_response("Content-Type: application/json; charset=utf-8\r\nContent-Encoding: gzip\r\n", &body);
+    let resp = http_response(
+        "Content-Type: application/json; charset=utf-8\r\nContent-Encoding: gzip\r\n",
+        &body,
+    );
     let (port, ca, server) = capture_server(dir.path(), resp).await;
 
     let http = HttpClient::new(&ClientOptions {
@@ -85,7 +93,9 @@ async fn token_request_is_byte_for_byte_the_iris_request_and_gzip_response_witho
     .unwrap();
     let client = TokenClient::new(
         http,
-        format!("https://localhost:{port}/oauth2/token").parse().unwrap(),
+        format!("https://localhost:{port}/oauth2/token")
+            .parse()
+            .unwrap(),
         Credentials::ClientSecret {
             client_id: CLIENT_ID.into(),
             secret: SecretString::from(CLIENT_SECRET.to_string()),
@@ -99,7 +109,8 @@ async fn token_request_is_byte_for_byte_the_iris_request_and_gzip_response_witho
     assert_eq!(got.expires_in, None, "no expires_in in the response");
 
     // RFC 6749 §2.3.1: form-urlencode id and secret, join with ':', base64.
-    let basic = base64::engine::general_purpose::STANDARD.encode("iris-test:s3cr3t-Value%3Awith%40odd+chars%25%21");
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode("iris-test:s3cr3t-Value%3Awith%40odd+chars%25%21");
     let expected = format!(
         "POST /oauth2/token HTTP/1.1\r\n\
          Host: localhost:{port}\r\n\
@@ -119,8 +130,11 @@ async fn token_request_is_byte_for_byte_the_iris_request_and_gzip_response_witho
 async fn publish_request_has_the_iris_headers_in_order_and_a_gzip_payload() {
     let env = mock(|_| {}).await;
     let capture_dir = tempfile::tempdir().unwrap();
-    let (port, ca, server) =
-        capture_server(capture_dir.path(), http_response("Content-Type: application/json\r\n", b"{}")).await;
+    let (port, ca, server) = capture_server(
+        capture_dir.path(),
+        http_response("Content-Type: application/json\r\n", b"{}"),
+    )
+    .await;
     // Token from the real mock, publish to the capturing server (both trust roots needed:
     // the capture server reuses a fresh CA, so point the daemon at a combined bundle).
     let bundle = env.dir.path().join("bundle.pem");
@@ -128,10 +142,16 @@ async fn publish_request_has_the_iris_headers_in_order_and_a_gzip_payload() {
     pem.extend(std::fs::read(&ca).unwrap());
     std::fs::write(&bundle, pem).unwrap();
     let mut config = env.config("linger_ms = 10", "");
-    config.destinations[0].publish.url = format!("https://localhost:{port}/segments/aam").parse().unwrap();
+    config.destinations[0].publish.url = format!("https://localhost:{port}/segments/aam")
+        .parse()
+        .unwrap();
     config.destinations[0].tls.ca_file = Some(bundle);
     let daemon = Daemon::start(&config).await.unwrap();
-    let body = format!("{}\n{}\n", event("partner-a", 11, &[("14356", "1")]), event("partner-a", 12, &[("7", "0")]));
+    let body = format!(
+        "{}\n{}\n",
+        event("partner-a", 11, &[("14356", "1")]),
+        event("partner-a", 12, &[("7", "0")])
+    );
     assert_eq!(post_events(daemon.intake_addr, body).await.0, 202);
     let raw = server.await.unwrap();
     let token = env.mock.state.issued_token_values().pop().unwrap();
@@ -149,7 +169,10 @@ async fn publish_request_has_the_iris_headers_in_order_and_a_gzip_payload() {
     assert_eq!(lines[6], format!("Content-Length: {}", body.len()));
     assert_eq!(lines[7], "Accept-Encoding: gzip");
     let rid = lines[8].strip_prefix("X-Request-Id: ").unwrap();
-    assert!(rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit()), "{rid}");
+    assert!(
+        rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{rid}"
+    );
     assert_eq!(lines.len(), 9, "no other headers: {lines:?}");
     let json = irisd::transport::gunzip_bounded(body, 1 << 20).unwrap();
     let payload = irisd::payload::parse_payload(&json, 10).unwrap();
@@ -177,7 +200,15 @@ fn token_cache(env: &Env, skew: Option<Duration>) -> (Arc<TokenCache>, Arc<Desti
         HeaderValue::from_static("ua"),
         Duration::from_secs(5),
     );
-    (Arc::new(TokenCache::new("partner-a".into(), client, skew, metrics.clone())), metrics)
+    (
+        Arc::new(TokenCache::new(
+            "partner-a".into(),
+            client,
+            skew,
+            metrics.clone(),
+        )),
+        metrics,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -205,10 +236,16 @@ async fn single_flight_100_cold_publishes_through_the_daemon_make_one_token_requ
     let env = mock(|_| {}).await;
     let config = env.config("max_users = 1\nmax_in_flight = 100\nlinger_ms = 0", "");
     let daemon = Daemon::start(&config).await.unwrap();
-    let body: String = (0..100).map(|i| event("partner-a", 1000 + i, &[("1", "1")]) + "\n").collect();
+    let body: String = (0..100)
+        .map(|i| event("partner-a", 1000 + i, &[("1", "1")]) + "\n")
+        .collect();
     assert_eq!(post_events(daemon.intake_addr, body).await.0, 202);
     let m = daemon.destinations[0].metrics.clone();
-    assert!(wait_until(Duration::from_secs(20), || m.snapshot().delivered_users == 100).await);
+    assert!(
+        wait_until(Duration::from_secs(20), || m.snapshot().delivered_users
+            == 100)
+        .await
+    );
     let stats = env.mock.state.stats();
     assert_eq!(stats.publish_accepted, 100);
     assert_eq!(stats.token_requests, 1);
@@ -224,9 +261,17 @@ async fn token_is_refreshed_ahead_of_expiry_without_stalling_sends() {
     assert_eq!(first.generation, 1);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Inside the refresh window: the current token comes back at once, a refresh starts.
-    let during = tokio::time::timeout(Duration::from_millis(50), cache.get()).await.unwrap().unwrap();
+    let during = tokio::time::timeout(Duration::from_millis(50), cache.get())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(during.generation, 1, "sends are not stalled by the refresh");
-    assert!(wait_until(Duration::from_secs(1), || cache.peek().is_some_and(|t| t.generation == 2)).await);
+    assert!(
+        wait_until(Duration::from_secs(1), || cache
+            .peek()
+            .is_some_and(|t| t.generation == 2))
+        .await
+    );
     assert!(
         tokio::time::Instant::now() < first.expires_at.unwrap(),
         "the new token arrived before the old one expired"
@@ -241,12 +286,29 @@ async fn without_expires_in_the_token_is_kept_until_the_partner_answers_401() {
     let daemon = Daemon::start(&config).await.unwrap();
     let m = daemon.destinations[0].metrics.clone();
     for round in 0..3u64 {
-        let (status, _, _) = post_events(daemon.intake_addr, event("partner-a", 50 + round, &[("1", "1")])).await;
+        let (status, _, _) = post_events(
+            daemon.intake_addr,
+            event("partner-a", 50 + round, &[("1", "1")]),
+        )
+        .await;
         assert_eq!(status, 202);
-        assert!(wait_until(Duration::from_secs(10), || m.snapshot().delivered_users == round + 1).await);
+        assert!(
+            wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+                == round + 1)
+            .await
+        );
     }
-    assert!(daemon.destinations[0].tokens.peek().unwrap().expires_at.is_none());
-    assert_eq!(env.mock.state.stats().tokens_issued, 1, "one token for all rounds");
+    assert!(daemon.destinations[0]
+        .tokens
+        .peek()
+        .unwrap()
+        .expires_at
+        .is_none());
+    assert_eq!(
+        env.mock.state.stats().tokens_issued,
+        1,
+        "one token for all rounds"
+    );
     daemon.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -257,15 +319,27 @@ async fn publish_401_invalidates_the_token_refreshes_once_and_replays_once() {
     let daemon = Daemon::start(&config).await.unwrap();
     let m = daemon.destinations[0].metrics.clone();
     post_events(daemon.intake_addr, event("partner-a", 1, &[("1", "1")])).await;
-    assert!(wait_until(Duration::from_secs(10), || m.snapshot().delivered_users == 1).await);
+    assert!(
+        wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+            == 1)
+        .await
+    );
 
     assert_eq!(env.mock.state.revoke_all_tokens(), 1);
     post_events(daemon.intake_addr, event("partner-a", 2, &[("1", "1")])).await;
-    assert!(wait_until(Duration::from_secs(10), || m.snapshot().delivered_users == 2).await);
+    assert!(
+        wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+            == 2)
+        .await
+    );
 
     let stats = env.mock.state.stats();
     assert_eq!(stats.tokens_issued, 2, "one refresh");
-    assert_eq!(stats.publish_rejections.get("invalid_token"), Some(&1), "one failed attempt");
+    assert_eq!(
+        stats.publish_rejections.get("invalid_token"),
+        Some(&1),
+        "one failed attempt"
+    );
     assert_eq!(stats.publish_accepted, 2, "the replay was accepted");
     let snap = m.snapshot();
     assert_eq!(snap.unauthorized, 1);
@@ -284,6 +358,13 @@ async fn token_endpoint_failures_back_off_instead_of_hot_looping() {
         let e = cache.get().await.unwrap_err();
         assert_eq!(e.label(), "backing_off", "{e}");
     }
-    assert_eq!(env.mock.state.stats().token_requests, 1, "no request while backing off");
-    assert_eq!(metrics.snapshot().token_fetches.get("invalid_client"), Some(&1));
+    assert_eq!(
+        env.mock.state.stats().token_requests,
+        1,
+        "no request while backing off"
+    );
+    assert_eq!(
+        metrics.snapshot().token_fetches.get("invalid_client"),
+        Some(&1)
+    );
 }

@@ -73,8 +73,15 @@ pub fn content_type_ok(value: &str, strict: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Decodes an `application/x-www-form-urlencoded` component (RFC 6749 Appendix B).
+/// Decodes an `application/x-www-form-urlencoded` component (RFC 6749 Appendix B); `None`
+/// for a malformed escape (`%` not followed by two hex digits) or invalid UTF-8.
 fn form_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    for (i, _) in s.match_indices('%') {
+        if !(i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
+            return None;
+        }
+    }
     let plus = s.replace('+', " ");
     percent_encoding::percent_decode_str(&plus)
         .decode_utf8()

@@ -89,7 +89,9 @@ ca_file = "{}"
 pub fn event(dest: &str, uuid: u64, segments: &[(&str, &str)]) -> String {
     let segs: Vec<String> = segments
         .iter()
-        .map(|(id, st)| format!(r#"{{"segment_id":"{id}","status":"{st}","time":"2016-07-27T16:17:22Z"}}"#))
+        .map(|(id, st)| {
+            format!(r#"{{"segment_id":"{id}","status":"{st}","time":"2016-07-27T16:17:22Z"}}"#)
+        })
         .collect();
     format!(
         r#"{{"destination":"{dest}","aam_uuid":"{uuid}","data_partner_uuid":"dp-{uuid}","segments":[{}]}}"#,

@@ -1,0 +1,172 @@
+//! Configuration errors name the file, line and key; secrets are never printed.
+
+use std::path::Path;
+
+use irisd::config::{Config, ConfigError};
+
+const BASE: &str = r#"[intake]
+listen = "127.0.0.1:0"
+
+[[destination]]
+name = "partner-a"
+destination_id = "423"
+user_dpid = "12345"
+aam_client_id = "74323"
+
+[destination.auth]
+token_url = "https://partner.example/oauth2/token"
+client_id = "iris"
+client_secret_env = "IRISD_TEST_SECRET_SET"
+
+[destination.publish]
+url = "https://partner.example/segments/aam"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    // Every test sets the same value, so running them in parallel is harmless.
+    std::env::set_var("IRISD_TEST_SECRET_SET", "top-secret-value");
+    Config::from_toml(Path::new("irisd.toml"), text)
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn the_base_config_is_valid_and_gets_the_iris_defaults() {
+    let c = parse(BASE).unwrap();
+    let d = &c.destinations[0];
+    assert_eq!(d.publish.max_users, 10);
+    assert_eq!(d.publish.timeout.as_millis(), 3000);
+    assert!(d.publish.gzip);
+    assert_eq!(d.user_agent, "Adobe Audience Manager Iris");
+}
+
+#[test]
+fn unknown_key_is_an_error_with_line_and_key() {
+    let text = BASE.replace(
+        "[destination.publish]\n",
+        "[destination.publish]\nmax_user = 5\n",
+    );
+    let e = err(&text);
+    assert!(
+        e.starts_with("irisd.toml:16:1: destination[0].publish.max_user:"),
+        "{e}"
+    );
+    assert!(e.contains("unknown field `max_user`"), "{e}");
+}
+
+#[test]
+fn missing_secret_env_names_the_variable_key_and_line() {
+    let text = BASE.replace("IRISD_TEST_SECRET_SET", "IRISD_TEST_SECRET_MISSING");
+    let e = err(&text);
+    assert_eq!(
+        e,
+        "irisd.toml:13: destination[0].auth.client_secret_env: environment variable IRISD_TEST_SECRET_MISSING is not set"
+    );
+}
+
+#[test]
+fn bad_url_is_an_error_with_line_and_key() {
+    let text = BASE.replace("https://partner.example/segments/aam", "https://bad host/x");
+    let e = err(&text);
+    assert!(
+        e.starts_with("irisd.toml:16: destination[0].publish.url:"),
+        "{e}"
+    );
+    let text = BASE.replace(
+        "https://partner.example/oauth2/token",
+        "ftp://partner.example/t",
+    );
+    let e = err(&text);
+    assert!(
+        e.starts_with("irisd.toml:11: destination[0].auth.token_url:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn plain_http_is_refused_unless_explicitly_allowed() {
+    let text = BASE.replace(
+        "https://partner.example/oauth2",
+        "http://partner.example/oauth2",
+    );
+    let e = err(&text);
+    assert!(
+        e.starts_with("irisd.toml:11: destination[0].auth.token_url:"),
+        "{e}"
+    );
+    assert!(e.contains("http:// is refused"), "{e}");
+    let allowed = text.replace(
+        "aam_client_id = \"74323\"\n",
+        "aam_client_id = \"74323\"\nallow_insecure_http = true\n",
+    );
+    let c = parse(&allowed).unwrap();
+    assert!(c.destinations[0].allow_insecure_http);
+}
+
+#[test]
+fn credential_sources_are_exclusive_and_required() {
+    let both = BASE.replace(
+        "client_secret_env = \"IRISD_TEST_SECRET_SET\"",
+        "client_secret_env = \"IRISD_TEST_SECRET_SET\"\nbasic_credentials_env = \"X\"",
+    );
+    assert!(err(&both).contains("set only one of"));
+    let none = BASE.replace("client_secret_env = \"IRISD_TEST_SECRET_SET\"", "");
+    assert!(err(&none).contains("no credentials"));
+}
+
+#[test]
+fn wrong_types_and_values_are_named() {
+    let e = err(&BASE.replace("destination_id = \"423\"", "destination_id = 423"));
+    assert!(
+        e.starts_with("irisd.toml:6:") && e.contains("destination[0].destination_id"),
+        "{e}"
+    );
+    let e = err(&BASE.replace("destination_id = \"423\"", "destination_id = \"abc\""));
+    assert!(
+        e.starts_with("irisd.toml:6: destination[0].destination_id:"),
+        "{e}"
+    );
+    let e = err(&format!("{BASE}method = \"DELETE\"\n"));
+    assert!(
+        e.starts_with("irisd.toml:17: destination[0].publish.method:"),
+        "{e}"
+    );
+    let e = err(&format!("{BASE}max_users = 0\n"));
+    assert!(
+        e.starts_with("irisd.toml:17: destination[0].publish.max_users:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_destination_names_are_refused() {
+    let second = BASE.split_once("[[destination]]").unwrap().1;
+    let e = err(&format!("{BASE}\n[[destination]]{second}"));
+    assert!(
+        e.contains("destination[1].name") && e.contains("duplicate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn debug_and_summary_never_show_the_secret() {
+    let c = parse(BASE).unwrap();
+    assert!(!format!("{c:?}").contains("top-secret-value"));
+    let summary = c.summary();
+    assert!(summary.contains("client_secret=***"), "{summary}");
+    assert!(!summary.contains("top-secret-value"));
+}
+
+#[test]
+fn the_example_config_in_deploy_parses() {
+    std::env::set_var("PARTNER_A_SECRET", "example");
+    let c = Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/irisd.example.toml"
+    )))
+    .unwrap();
+    assert_eq!(c.destinations.len(), 1);
+    assert_eq!(c.destinations[0].publish.max_users, 10);
+}

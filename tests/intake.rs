@@ -1,0 +1,244 @@
+//! The intake API and what the partner receives: payload correctness as the mock sees it,
+//! all-or-nothing requests, line-and-field errors, 404/413/503 with backpressure.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+use irisd::daemon::Daemon;
+
+#[tokio::test]
+async fn payloads_arrive_in_the_iris_shape_batched_by_max_users() {
+    let env = mock(|_| {}).await;
+    let config = env.config("method = \"PUT\"\nmax_users = 10\nlinger_ms = 20", "");
+    let daemon = Daemon::start(&config).await.unwrap();
+    let body: String = (0..25u64)
+        .map(|i| {
+            event(
+                "partner-a",
+                100 + i,
+                &[("14356", "1"), ("777", if i % 2 == 0 { "0" } else { "1" })],
+            ) + "\n"
+        })
+        .collect();
+    let (status, _, text) = post_events(daemon.intake_addr, body).await;
+    assert_eq!((status, text.as_str()), (202, r#"{"accepted":25}"#));
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+            == 25)
+        .await
+    );
+
+    let received = env.mock.state.received();
+    let mut sizes: Vec<usize> = received.iter().map(|r| r.payload.users.len()).collect();
+    sizes.sort();
+    assert_eq!(sizes, [5, 10, 10]);
+    let mut users = HashMap::new();
+    for r in &received {
+        assert_eq!(r.method, "PUT");
+        assert_eq!(r.request_id.as_ref().map(|s| s.len()), Some(32));
+        let p = &r.payload;
+        assert_eq!(
+            (
+                p.user_dpid.as_str(),
+                p.client_id.as_str(),
+                p.destination_id.as_str()
+            ),
+            ("12345", "74323", "423")
+        );
+        assert_eq!(p.user_count, p.users.len().to_string());
+        irisd::payload::parse_iris_date(&p.process_time).unwrap();
+        for u in &p.users {
+            users.insert(u.aam_uuid.clone(), u.clone());
+        }
+    }
+    assert_eq!(users.len(), 25);
+    let u = &users["103"];
+    assert_eq!(u.data_partner_uuid, "dp-103");
+    assert_eq!(u.segments.len(), 2);
+    assert_eq!(u.segments[0].segment_id, "14356");
+    assert_eq!(u.segments[0].status, "1");
+    assert_eq!(u.segments[0].date_time, "Wed Jul 27 16:17:22 UTC 2016");
+    assert_eq!(u.segments[1].status, "1");
+    assert_eq!(users["104"].segments[1].status, "0");
+    let s = env.mock.state.stats();
+    assert_eq!(
+        (s.users_accepted, s.segments_accepted, s.publish_accepted),
+        (25, 50, 3)
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_bad_line_is_named_and_nothing_of_the_request_is_accepted() {
+    let env = mock(|_| {}).await;
+    let daemon = Daemon::start(&env.config("linger_ms = 10", ""))
+        .await
+        .unwrap();
+    let good = event("partner-a", 1, &[("1", "1")]);
+    let bad_status = event("partner-a", 2, &[("1", "1"), ("2", "7")]);
+    let (status, _, text) =
+        post_events(daemon.intake_addr, format!("{good}\n{bad_status}\n")).await;
+    assert_eq!(status, 400);
+    assert!(
+        text.contains("line 2") && text.contains("segments[1].status"),
+        "{text}"
+    );
+
+    let (status, _, text) = post_events(
+        daemon.intake_addr,
+        format!("{good}\n\n{{\"destination\":\"partner-a\"}}\n"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        text.contains("line 3") && text.contains("missing field"),
+        "{text}"
+    );
+
+    let (status, _, text) = post_events(daemon.intake_addr, format!("{good}\nnot json\n")).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("line 2"), "{text}");
+
+    // Nothing of the rejected requests was queued: only this one arrives.
+    let (status, _, _) =
+        post_events(daemon.intake_addr, event("partner-a", 3, &[("1", "1")])).await;
+    assert_eq!(status, 202);
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+            == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(m.snapshot().accepted_users, 1);
+    let uuids: Vec<String> = env
+        .mock
+        .state
+        .received()
+        .iter()
+        .flat_map(|r| r.payload.users.iter().map(|u| u.aam_uuid.clone()))
+        .collect();
+    assert_eq!(uuids, ["3"]);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn unknown_destination_is_404_naming_it() {
+    let env = mock(|_| {}).await;
+    let daemon = Daemon::start(&env.config("", "")).await.unwrap();
+    let (status, _, text) =
+        post_events(daemon.intake_addr, event("partner-z", 1, &[("1", "1")])).await;
+    assert_eq!(status, 404);
+    assert!(
+        text.contains("partner-z") && text.contains("partner-a"),
+        "{text}"
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let env = mock(|_| {}).await;
+    let mut config = env.config("", "");
+    config.intake.max_body_bytes = 1000;
+    let daemon = Daemon::start(&config).await.unwrap();
+    let body: String = (0..20)
+        .map(|i| event("partner-a", i, &[("1", "1")]) + "\n")
+        .collect();
+    assert!(body.len() > 1000);
+    let (status, _, text) = post_events(daemon.intake_addr, body).await;
+    assert_eq!(status, 413);
+    assert!(text.contains("max_body_bytes"), "{text}");
+    assert_eq!(daemon.destinations[0].metrics.snapshot().accepted_users, 0);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn gzip_request_bodies_are_accepted() {
+    let env = mock(|_| {}).await;
+    let daemon = Daemon::start(&env.config("linger_ms = 10", ""))
+        .await
+        .unwrap();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(event("partner-a", 9, &[("1", "1")]).as_bytes())
+        .unwrap();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = http::Request::post(format!("http://{}/v1/events", daemon.intake_addr))
+        .header("content-encoding", "gzip")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            enc.finish().unwrap(),
+        )))
+        .unwrap();
+    assert_eq!(client.request(req).await.unwrap().status(), 202);
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+            == 1)
+        .await
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let env = mock(|_| {}).await;
+    // A partner that accepts connections and never answers: the one request in flight hangs,
+    // the lane stops reading, and the small queue fills.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let _held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = blackhole.accept().await {
+            conns.push(c);
+        }
+    });
+    let mut config = env.config(
+        "max_users = 1\nmax_in_flight = 1\nqueue_capacity = 3\nlinger_ms = 0\ntimeout_ms = 30000",
+        "",
+    );
+    config.destinations[0].publish.url = format!("https://127.0.0.1:{port}/segments/aam")
+        .parse()
+        .unwrap();
+    let daemon = Daemon::start(&config).await.unwrap();
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..30 {
+        let (status, retry_after, text) =
+            post_events(daemon.intake_addr, event("partner-a", i, &[("1", "1")])).await;
+        match status {
+            202 => accepted += 1,
+            503 => {
+                refused = Some((retry_after, text));
+                break;
+            }
+            other => panic!("unexpected {other}: {text}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (retry_after, text) = refused.expect("the queue filled up");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(
+        text.contains("queue") && text.contains("partner-a"),
+        "{text}"
+    );
+    assert!(
+        accepted <= 1 + 1 + 3,
+        "in flight + waiting for a slot + queue: {accepted}"
+    );
+    assert_eq!(
+        daemon.destinations[0].metrics.snapshot().accepted_users,
+        accepted
+    );
+    // More events for one destination than its queue could ever hold is a client error.
+    let body: String = (0..4)
+        .map(|i| event("partner-a", 100 + i, &[("1", "1")]) + "\n")
+        .collect();
+    assert_eq!(post_events(daemon.intake_addr, body).await.0, 413);
+}
