@@ -221,18 +221,16 @@ ca_file = "{ca}"
             Err(e) => return Err(DemoError(e.to_string())),
         }
     }
-    let feed_time = started.elapsed();
     // Let the queues drain.
     let drain_deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        tokio::time::sleep(tick).await;
         let m = metrics.snapshot();
-        if m.delivered_users + m.failed_users >= m.accepted_users || Instant::now() > drain_deadline
-        {
-            progress(&m, &mut last, "drained");
+        let done = m.delivered_users + m.failed_users >= m.accepted_users;
+        progress(&m, &mut last, if done { "drained" } else { "draining" });
+        if done || Instant::now() > drain_deadline {
             break;
         }
-        tokio::time::sleep(tick).await;
-        progress(&m, &mut last, "draining");
     }
     if tty {
         eprintln!();
@@ -242,7 +240,6 @@ ca_file = "{ca}"
     let m = metrics.snapshot();
     let partner = mock.state.stats();
     mock.shutdown().await;
-    let _ = feed_time;
     Ok(DemoSummary {
         seconds: elapsed.as_secs_f64(),
         accepted: m.accepted_users,

@@ -1,0 +1,138 @@
+//! The `irisd` binary itself: `demo`, `check-config`, and `run` with a signal-driven shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn irisd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_irisd"))
+}
+
+#[test]
+fn demo_delivers_everything_it_accepted_and_says_so() {
+    let out = irisd().args(["demo", "--seconds", "2"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OK: every accepted event was delivered"),
+        "{stdout}"
+    );
+    let field = |name: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap();
+        line.split_whitespace()
+            .nth(name.split_whitespace().count())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let accepted = field("events accepted");
+    assert!(accepted > 0);
+    assert_eq!(field("events delivered"), accepted);
+    assert_eq!(field("partner saw"), accepted);
+}
+
+#[test]
+fn check_config_lists_destinations_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("irisd.toml");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/irisd.example.toml"
+    ))
+    .unwrap();
+    std::fs::write(&path, example).unwrap();
+    let out = irisd()
+        .arg("check-config")
+        .arg(&path)
+        .env("PARTNER_A_SECRET", "very-secret-value")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("destination \"partner-a\""), "{stdout}");
+    assert!(stdout.contains("client_secret=***"), "{stdout}");
+    assert!(!stdout.contains("very-secret-value"));
+
+    let out = irisd()
+        .arg("check-config")
+        .arg(&path)
+        .env_remove("PARTNER_A_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("client_secret_env"))
+        .unwrap()
+        + 1;
+    let expected = format!(
+        "irisd.toml:{line}: destination[0].auth.client_secret_env: environment variable PARTNER_A_SECRET is not set"
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[tokio::test]
+async fn run_delivers_and_exits_0_on_sigterm() {
+    let env = mock(|_| {}).await;
+    let _ = env.config("linger_ms = 10", "");
+    let mut child = irisd()
+        .args(["run", "--config"])
+        .arg(env.dir.path().join("irisd.toml"))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("irisd started");
+        if let Some(rest) = line.split("intake=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let (status, _, _) = post_events(addr, event("partner-a", 77, &[("5", "1")])).await;
+    assert_eq!(status, 202);
+    assert!(
+        wait_until(Duration::from_secs(10), || env
+            .mock
+            .state
+            .stats()
+            .users_accepted
+            == 1)
+        .await
+    );
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
