@@ -63,9 +63,33 @@ pub enum ConfigError {
 struct RawConfig {
     #[serde(default)]
     intake: IntakeConfig,
+    #[serde(default)]
+    spool: RawSpool,
     #[serde(default, rename = "destination")]
     destinations: Vec<RawDestination>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    path: Option<Spanned<PathBuf>>,
+    max_bytes: Option<Spanned<u64>>,
+    max_bytes_per_destination: Option<Spanned<u64>>,
+}
+
+/// `[spool]`: where accepted events wait for delivery.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// The SQLite spool file.
+    pub path: PathBuf,
+    /// Bound on all spooled event bytes.
+    pub max_bytes: u64,
+    /// Bound on one destination's spooled event bytes.
+    pub max_bytes_per_destination: u64,
+}
+
+/// Default spool file, in the working directory.
+pub const DEFAULT_SPOOL_PATH: &str = "irisd-spool.sqlite";
 
 /// `[intake]`: the HTTP API producers post qualifications to.
 #[derive(Debug, Clone, Deserialize)]
@@ -97,10 +121,24 @@ struct RawDestination {
     allow_insecure_http: bool,
     #[serde(default)]
     user_agent: Option<String>,
+    #[serde(default)]
+    profile: Option<Spanned<String>>,
     auth: RawAuth,
     publish: RawPublish,
     #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
     tls: RawTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial_ms: Option<u64>,
+    max_delay_ms: Option<u64>,
+    max_attempts: Option<Spanned<u32>>,
+    max_age_secs: Option<u64>,
+    circuit_threshold: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,20 +168,19 @@ struct RawPublish {
     method: Spanned<String>,
     #[serde(default = "yes")]
     gzip: bool,
-    #[serde(default = "default_max_users")]
-    max_users: Spanned<usize>,
+    max_users: Option<Spanned<usize>>,
     #[serde(default = "default_max_bytes")]
     max_bytes: Spanned<usize>,
     #[serde(default = "default_linger_ms")]
     linger_ms: u64,
-    #[serde(default = "default_timeout_ms")]
-    timeout_ms: Spanned<u64>,
+    timeout_ms: Option<Spanned<u64>>,
+    success_status: Option<Spanned<Vec<u16>>>,
+    #[serde(default = "default_pool_idle_timeout_ms")]
+    pool_idle_timeout_ms: u64,
     #[serde(default = "default_connect_timeout_ms")]
     connect_timeout_ms: u64,
     #[serde(default = "default_max_in_flight")]
     max_in_flight: Spanned<usize>,
-    #[serde(default = "default_queue_capacity")]
-    queue_capacity: Spanned<usize>,
 }
 
 fn default_method() -> Spanned<String> {
@@ -152,26 +189,20 @@ fn default_method() -> Spanned<String> {
 fn yes() -> bool {
     true
 }
-fn default_max_users() -> Spanned<usize> {
-    Spanned::new(0..0, 10)
-}
 fn default_max_bytes() -> Spanned<usize> {
     Spanned::new(0..0, 1024 * 1024)
 }
 fn default_linger_ms() -> u64 {
     200
 }
-fn default_timeout_ms() -> Spanned<u64> {
-    Spanned::new(0..0, 3000)
+fn default_pool_idle_timeout_ms() -> u64 {
+    90_000
 }
 fn default_connect_timeout_ms() -> u64 {
     3000
 }
 fn default_max_in_flight() -> Spanned<usize> {
     Spanned::new(0..0, 4)
-}
-fn default_queue_capacity() -> Spanned<usize> {
-    Spanned::new(0..0, 100_000)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +221,7 @@ pub struct Config {
     /// Where the configuration came from (for messages).
     pub path: PathBuf,
     pub intake: IntakeConfig,
+    pub spool: SpoolConfig,
     pub destinations: Vec<Destination>,
 }
 
@@ -208,9 +240,37 @@ pub struct Destination {
     pub allow_insecure_http: bool,
     /// `User-Agent` on token and publish requests.
     pub user_agent: String,
+    /// `iris` reproduces IRIS's documented behaviour; `reliable` (default) retries durably.
+    pub profile: Profile,
     pub auth: AuthConfig,
     pub publish: PublishConfig,
+    pub retry: RetryPolicy,
     pub tls: TlsConfig,
+}
+
+/// Delivery behaviour preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Durable retries with backoff until delivered or too old (the default).
+    Reliable,
+    /// What Adobe documents for IRIS: only 200 is success, 3000 ms to answer, one retry, at
+    /// most 10 users per message, no client-side rate limit. Where IRIS drops, irisd dead-letters.
+    Iris,
+}
+
+/// `[destination.retry]`: what happens after a failed publish.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// First backoff; doubles per attempt (full jitter).
+    pub initial: Duration,
+    /// Longest backoff (a partner's `Retry-After` may ask for more and is honoured).
+    pub max_delay: Duration,
+    /// Attempts before dead-lettering; `None` = no limit (bounded by `max_age`).
+    pub max_attempts: Option<u32>,
+    /// Events older than this are dead-lettered instead of retried.
+    pub max_age: Duration,
+    /// Consecutive failures after which the lane pauses and sends one probe at a time.
+    pub circuit_threshold: u32,
 }
 
 /// `[destination.auth]`: the partner's token endpoint and our credentials for it.
@@ -256,7 +316,9 @@ pub struct PublishConfig {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_in_flight: usize,
-    pub queue_capacity: usize,
+    /// Statuses that count as delivered; empty = any 2xx.
+    pub success_status: Vec<u16>,
+    pub pool_idle_timeout: Duration,
 }
 
 /// `[destination.tls]`.
@@ -276,9 +338,27 @@ impl Config {
         Self::from_toml(path, &text)
     }
 
+    /// Only the `[spool]` section of a configuration file (the rest is checked for syntax and
+    /// schema but secrets are not loaded): what `irisd dlq` needs.
+    pub fn load_spool(path: &Path) -> Result<SpoolConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw = Self::parse_raw(path, &text)?;
+        let ctx = Ctx { path, text: &text };
+        ctx.spool(&raw.spool)
+    }
+
     /// Parses and validates configuration text; `path` is used in messages and to resolve
     /// relative file paths.
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw = Self::parse_raw(path, text)?;
+        let ctx = Ctx { path, text };
+        Self::from_raw(&ctx, raw)
+    }
+
+    fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
         let de = toml::Deserializer::new(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|err| {
             let key = err.path().to_string();
@@ -299,8 +379,7 @@ impl Config {
                 message: inner.message().to_string(),
             }
         })?;
-        let ctx = Ctx { path, text };
-        Self::from_raw(&ctx, raw)
+        Ok(raw)
     }
 
     fn from_raw(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -319,9 +398,11 @@ impl Config {
             }
             destinations.push(dest);
         }
+        let spool = ctx.spool(&raw.spool)?;
         Ok(Config {
             path: ctx.path.to_owned(),
             intake: raw.intake,
+            spool,
             destinations,
         })
     }
@@ -397,7 +478,99 @@ impl Destination {
                 Ok(n)
             }
         };
-        let max_users = positive(&d.publish.max_users, "max_users", 100_000)?;
+        let profile = match d.profile.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+            None | Some(("reliable", _)) => Profile::Reliable,
+            Some(("iris", _)) => Profile::Iris,
+            Some((other, span)) => {
+                return Err(ctx.invalid(
+                    span,
+                    &format!("{key}.profile"),
+                    &format!("{other:?} is not one of \"reliable\", \"iris\""),
+                ))
+            }
+        };
+        let iris = profile == Profile::Iris;
+        // Under the iris profile these are fixed; setting them to something else is a mistake.
+        let fixed = |span: Range<usize>, field: &str, what: &str| {
+            ctx.invalid(
+                span,
+                &format!("{key}.{field}"),
+                &format!("profile = \"iris\" fixes this ({what}); remove the key or the profile"),
+            )
+        };
+        let max_users = match &d.publish.max_users {
+            Some(v) => {
+                let n = positive(v, "max_users", 100_000)?;
+                if iris && n > 10 {
+                    return Err(fixed(
+                        v.span(),
+                        "publish.max_users",
+                        "at most 10 users per message",
+                    ));
+                }
+                n
+            }
+            None => 10,
+        };
+        let timeout_ms = match &d.publish.timeout_ms {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(ctx.invalid(
+                    v.span(),
+                    &format!("{key}.publish.timeout_ms"),
+                    "must be greater than 0",
+                ))
+            }
+            Some(v) if iris && *v.get_ref() != 3000 => {
+                return Err(fixed(
+                    v.span(),
+                    "publish.timeout_ms",
+                    "the partner answers within 3000 ms",
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => 3000,
+        };
+        let success_status = match &d.publish.success_status {
+            Some(v) => {
+                if let Some(bad) = v.get_ref().iter().find(|s| !(100..=599).contains(*s)) {
+                    return Err(ctx.invalid(
+                        v.span(),
+                        &format!("{key}.publish.success_status"),
+                        &format!("{bad} is not an HTTP status"),
+                    ));
+                }
+                if iris && v.get_ref() != &[200] {
+                    return Err(fixed(
+                        v.span(),
+                        "publish.success_status",
+                        "only 200 is success",
+                    ));
+                }
+                v.get_ref().clone()
+            }
+            None if iris => vec![200],
+            None => Vec::new(),
+        };
+        let max_attempts = match &d.retry.max_attempts {
+            Some(v) if iris && *v.get_ref() != 2 => {
+                return Err(fixed(
+                    v.span(),
+                    "retry.max_attempts",
+                    "one retry, so 2 attempts",
+                ))
+            }
+            Some(v) if *v.get_ref() == 0 => None,
+            Some(v) => Some(*v.get_ref()),
+            None if iris => Some(2),
+            None => None,
+        };
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(d.retry.initial_ms.unwrap_or(500).max(1)),
+            max_delay: Duration::from_millis(d.retry.max_delay_ms.unwrap_or(60_000).max(1)),
+            max_attempts,
+            max_age: Duration::from_secs(d.retry.max_age_secs.unwrap_or(7 * 86_400).max(1)),
+            circuit_threshold: d.retry.circuit_threshold.unwrap_or(5).max(1),
+        };
         let max_bytes = positive(&d.publish.max_bytes, "max_bytes", 256 * 1024 * 1024)?;
         if max_bytes < 1024 {
             return Err(ctx.invalid(
@@ -407,14 +580,6 @@ impl Destination {
             ));
         }
         let max_in_flight = positive(&d.publish.max_in_flight, "max_in_flight", 1024)?;
-        let queue_capacity = positive(&d.publish.queue_capacity, "queue_capacity", 100_000_000)?;
-        if *d.publish.timeout_ms.get_ref() == 0 {
-            return Err(ctx.invalid(
-                d.publish.timeout_ms.span(),
-                &format!("{key}.publish.timeout_ms"),
-                "must be greater than 0",
-            ));
-        }
 
         let ca_file = match d.tls.ca_file {
             Some(p) => {
@@ -438,6 +603,8 @@ impl Destination {
             aam_client_id,
             allow_insecure_http: insecure,
             user_agent: d.user_agent.unwrap_or_else(|| IRIS_USER_AGENT.to_string()),
+            profile,
+            retry,
             auth: AuthConfig {
                 token_url,
                 credentials,
@@ -452,10 +619,11 @@ impl Destination {
                 max_users,
                 max_bytes,
                 linger: Duration::from_millis(d.publish.linger_ms),
-                timeout: Duration::from_millis(*d.publish.timeout_ms.get_ref()),
+                timeout: Duration::from_millis(timeout_ms),
                 connect_timeout: Duration::from_millis(d.publish.connect_timeout_ms.max(1)),
                 max_in_flight,
-                queue_capacity,
+                success_status,
+                pool_idle_timeout: Duration::from_millis(d.publish.pool_idle_timeout_ms.max(1)),
             },
             tls: TlsConfig { ca_file },
         })
@@ -474,6 +642,34 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn spool(&self, raw: &RawSpool) -> Result<SpoolConfig, ConfigError> {
+        for (v, key) in [
+            (&raw.max_bytes, "spool.max_bytes"),
+            (
+                &raw.max_bytes_per_destination,
+                "spool.max_bytes_per_destination",
+            ),
+        ] {
+            if let Some(v) = v {
+                if *v.get_ref() < 64 * 1024 {
+                    return Err(self.invalid(v.span(), key, "must be at least 65536"));
+                }
+            }
+        }
+        Ok(SpoolConfig {
+            path: raw
+                .path
+                .as_ref()
+                .map(|p| self.relative(p.get_ref()))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_PATH)),
+            max_bytes: raw.max_bytes.as_ref().map_or(1 << 30, |v| *v.get_ref()),
+            max_bytes_per_destination: raw
+                .max_bytes_per_destination
+                .as_ref()
+                .map_or(256 << 20, |v| *v.get_ref()),
+        })
+    }
+
     fn invalid(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_owned(),
@@ -662,8 +858,9 @@ impl Config {
             };
             let _ = writeln!(
                 out,
-                "destination {:?}: AAM_Destination_Id={} User_DPID={} Client_ID={}\n  token  POST {} ({cred}{})\n  publish {} {} gzip={} max_users={} max_bytes={} linger={}ms timeout={}ms max_in_flight={}{}",
+                "destination {:?} (profile {:?}): AAM_Destination_Id={} User_DPID={} Client_ID={}\n  token  POST {} ({cred}{})\n  publish {} {} gzip={} max_users={} max_bytes={} linger={}ms timeout={}ms max_in_flight={}{}",
                 d.name,
+                d.profile,
                 d.destination_id,
                 d.user_dpid,
                 d.aam_client_id,

@@ -1,4 +1,5 @@
-//! Wiring: from a validated [`Config`] to running lanes and an intake listener.
+//! Wiring: from a validated [`Config`] to the spool, running lanes and an intake listener; and
+//! the orderly way down (intake closed, lanes drain within the grace period, then stop).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -6,17 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::Profile;
 use crate::config::{Config, Destination};
-use crate::delivery::lane::{self, LaneOptions};
+use crate::delivery::lane::{self, LaneOptions, RunState};
 use crate::delivery::request::RequestBuilder;
+use crate::delivery::retry::SuccessPolicy;
 use crate::delivery::sender::Sender;
 use crate::intake::Intake;
 use crate::metrics::{DestinationMetrics, Snapshot};
 use crate::oauth::{TokenCache, TokenClient};
 use crate::payload::PayloadHeader;
 use crate::server::{serve, ServerHandle};
+use crate::spool::{Limits, Spool, SpoolError};
 use crate::transport::{ClientOptions, HttpClient, TlsSetupError};
 
 /// Why the daemon could not start.
@@ -34,6 +39,8 @@ pub enum StartError {
     },
     #[error("destination {destination:?}: user_agent is not a valid header value")]
     UserAgent { destination: String },
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
 }
 
 /// One destination's live parts, for status and tests.
@@ -47,14 +54,33 @@ pub struct DestinationRuntime {
 pub struct Daemon {
     pub intake_addr: SocketAddr,
     pub destinations: Vec<DestinationRuntime>,
+    pub spool: Arc<Spool>,
     intake: Arc<Intake>,
     server: ServerHandle,
     lanes: Vec<JoinHandle<()>>,
+    state: watch::Sender<RunState>,
 }
 
 impl Daemon {
     /// Starts every destination's lane and the intake listener.
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
+        let spool = Spool::open(
+            &config.spool.path,
+            Limits {
+                max_bytes: config.spool.max_bytes,
+                max_bytes_per_destination: config.spool.max_bytes_per_destination,
+            },
+        )?;
+        for (dest, bytes) in spool.destinations_with_events() {
+            if !config.destinations.iter().any(|d| d.name == dest) {
+                tracing::warn!(
+                    destination = %dest,
+                    bytes,
+                    "the spool holds events for a destination that is not configured; they are kept until it is"
+                );
+            }
+        }
+        let (state, state_rx) = watch::channel(RunState::Running);
         let mut handles = HashMap::new();
         let mut destinations = Vec::new();
         let mut lanes = Vec::new();
@@ -65,7 +91,7 @@ impl Daemon {
                     "allow_insecure_http = true: tokens and credentials may travel in clear text; never use this outside local tests"
                 );
             }
-            let (handle, task, runtime) = start_destination(d)?;
+            let (handle, task, runtime) = start_destination(d, &spool, state_rx.clone())?;
             handles.insert(d.name.clone(), handle);
             destinations.push(runtime);
             lanes.push(task);
@@ -76,22 +102,29 @@ impl Daemon {
                 addr: config.intake.listen,
                 source,
             })?;
-        let intake = Arc::new(Intake::new(handles, config.intake.max_body_bytes));
+        let intake = Arc::new(Intake::new(
+            handles,
+            spool.clone(),
+            config.intake.max_body_bytes,
+        ));
         let for_server = intake.clone();
         let server = serve(listener, None, move |req, peer| {
             for_server.clone().handle(req, peer)
         });
         tracing::info!(
             intake = %server.addr,
+            spool = %config.spool.path.display(),
             destinations = config.destinations.len(),
             "irisd is running"
         );
         Ok(Daemon {
             intake_addr: server.addr,
             destinations,
+            spool,
             intake,
             server,
             lanes,
+            state,
         })
     }
 
@@ -103,29 +136,55 @@ impl Daemon {
             .map(|d| d.metrics.snapshot())
     }
 
-    /// Stops the intake, sends what is queued, and waits up to `grace` for the lanes.
-    /// Returns false if the lanes did not finish in time.
+    /// Stops the intake (503), keeps delivering what is spooled for up to `grace`, then stops
+    /// the lanes; what was not delivered stays in the spool for the next start. Returns true
+    /// if everything spooled was delivered (or dead-lettered) in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
         self.intake.close();
+        let _ = self.state.send(RunState::Draining);
         self.server.shutdown(grace).await;
-        let lanes = futures_join_all(self.lanes);
-        tokio::time::timeout(grace, lanes).await.is_ok()
+        let mut lanes = self.lanes;
+        let drained = tokio::time::timeout_at(deadline, join_all(&mut lanes))
+            .await
+            .is_ok();
+        if !drained {
+            let _ = self.state.send(RunState::Stop);
+            // Lanes abandon backoffs at once; give in-flight requests a moment, then cut.
+            if tokio::time::timeout(Duration::from_secs(2), join_all(&mut lanes))
+                .await
+                .is_err()
+            {
+                lanes.iter().for_each(JoinHandle::abort);
+            }
+        }
+        self.spool.sync().await;
+        let left: u64 = self
+            .spool
+            .destinations_with_events()
+            .iter()
+            .map(|(_, b)| b)
+            .sum();
+        tracing::info!(drained, spooled_bytes_left = left, "irisd stopped");
+        drained
     }
 }
 
-async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
-    for h in handles {
+async fn join_all(handles: &mut [JoinHandle<()>]) {
+    for h in handles.iter_mut().filter(|h| !h.is_finished()) {
         let _ = h.await;
     }
 }
 
 fn start_destination(
     d: &Destination,
+    spool: &Arc<Spool>,
+    state: watch::Receiver<RunState>,
 ) -> Result<(lane::LaneHandle, JoinHandle<()>, DestinationRuntime), StartError> {
     let http = HttpClient::new(&ClientOptions {
         ca_file: d.tls.ca_file.as_deref(),
         connect_timeout: d.publish.connect_timeout,
-        pool_idle_timeout: Duration::from_secs(90),
+        pool_idle_timeout: d.publish.pool_idle_timeout,
     })
     .map_err(|source| StartError::Tls {
         destination: d.name.clone(),
@@ -166,6 +225,9 @@ fn start_destination(
         builder,
         tokens.clone(),
         d.publish.timeout,
+        SuccessPolicy {
+            statuses: d.publish.success_status.clone(),
+        },
         metrics.clone(),
     ));
     let (handle, task) = lane::spawn(
@@ -175,10 +237,13 @@ fn start_destination(
             max_bytes: d.publish.max_bytes,
             linger: d.publish.linger,
             max_in_flight: d.publish.max_in_flight,
-            queue_capacity: d.publish.queue_capacity,
+            retry: d.retry.clone(),
+            retry_permanent: d.profile == Profile::Iris,
         },
         metrics.clone(),
-    );
+        spool.clone(),
+        state,
+    )?;
     Ok((
         handle,
         task,

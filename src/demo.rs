@@ -108,6 +108,9 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> Result<DemoSummary,
         r#"[intake]
 listen = "127.0.0.1:0"
 
+[spool]
+path = "spool.sqlite"
+
 [[destination]]
 name = "demo-partner"
 destination_id = "423"

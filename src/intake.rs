@@ -1,10 +1,11 @@
 //! The intake: `POST /v1/events`, NDJSON, one user per line.
 //!
 //! A request is all or nothing. Every line is parsed, validated and rendered before anything is
-//! queued; the first bad line answers 400 naming its line number and field, and nothing of the
-//! request is accepted. Then queue room is reserved for every event of every destination the
-//! request touches; if any queue lacks room the answer is 503 with `Retry-After` and, again,
-//! nothing is queued. Only then are the events handed to the lanes and 202 returned.
+//! stored; the first bad line answers 400 naming its line number and field, and nothing of the
+//! request is accepted. Then spool room is reserved for every destination the request touches;
+//! if a bound would be passed the answer is 503 with `Retry-After` and, again, nothing is
+//! stored. The events of all destinations are then appended to the spool in one transaction,
+//! and only after the fsync that covers them does the intake answer 202 and wake the lanes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,26 +16,28 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use tokio::sync::mpsc::error::TrySendError;
 
 use crate::delivery::lane::LaneHandle;
 use crate::payload::{render_user, IntakeEvent, UserRecord};
 use crate::server::{error_response, json_response};
+use crate::spool::{now_ms, Spool, SpoolError};
 
-/// Seconds a producer is asked to wait when a queue is full.
+/// Seconds a producer is asked to wait when the spool is full.
 const RETRY_AFTER_SECS: &str = "1";
 
 /// The intake's routing state.
 pub struct Intake {
     /// The lanes by destination name; `None` once the daemon is shutting down.
     lanes: ArcSwapOption<HashMap<String, LaneHandle>>,
+    spool: Arc<Spool>,
     max_body: usize,
 }
 
 impl Intake {
-    pub fn new(lanes: HashMap<String, LaneHandle>, max_body: usize) -> Self {
+    pub fn new(lanes: HashMap<String, LaneHandle>, spool: Arc<Spool>, max_body: usize) -> Self {
         Self {
             lanes: ArcSwapOption::from_pointee(lanes),
+            spool,
             max_body,
         }
     }
@@ -108,7 +111,66 @@ impl Intake {
             Ok(b) => b,
             Err((status, msg)) => return error_response(status, msg),
         };
-        enqueue(&lanes, batches)
+        self.store(&lanes, batches).await
+    }
+
+    /// Spools all batches or none, then wakes their lanes.
+    async fn store(
+        &self,
+        lanes: &HashMap<String, LaneHandle>,
+        batches: HashMap<String, Vec<UserRecord>>,
+    ) -> Response<Full<Bytes>> {
+        let mut reservations = Vec::with_capacity(batches.len());
+        let mut items = Vec::with_capacity(batches.len());
+        let mut total = 0u64;
+        for (name, records) in batches {
+            let lane = &lanes[&name];
+            let bytes: u64 = records.iter().map(|r| r.json.len() as u64).sum();
+            match self.spool.reserve(&name, bytes) {
+                Ok(r) => reservations.push(r),
+                Err(e @ SpoolError::Full { .. }) => {
+                    return unavailable(&format!(
+                        "{e}; nothing of this request was accepted, retry later"
+                    ))
+                }
+                Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+            total += records.len() as u64;
+            items.push((
+                lane.name.clone(),
+                records.into_iter().map(|r| r.json).collect::<Vec<_>>(),
+            ));
+        }
+        if items.is_empty() {
+            return json_response(StatusCode::ACCEPTED, &serde_json::json!({ "accepted": 0 }));
+        }
+        let counts: Vec<(Arc<str>, u64)> = items
+            .iter()
+            .map(|(n, b)| (n.clone(), b.len() as u64))
+            .collect();
+        if let Err(e) = self.spool.append(items, now_ms(), reservations).await {
+            tracing::error!(error = %e, "spool append failed; the request was not accepted");
+            let mut r = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot store the events ({e}); nothing was accepted"),
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+            return r;
+        }
+        for (name, n) in counts {
+            let lane = &lanes[name.as_ref()];
+            lane.metrics
+                .accepted_users
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            lane.notify.notify_one();
+        }
+        json_response(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "accepted": total }),
+        )
     }
 }
 
@@ -159,54 +221,6 @@ fn parse_ndjson(
         }
     }
     Ok(out)
-}
-
-/// Queues all batches or none.
-fn enqueue(
-    lanes: &HashMap<String, LaneHandle>,
-    batches: HashMap<String, Vec<UserRecord>>,
-) -> Response<Full<Bytes>> {
-    let mut reserved = Vec::with_capacity(batches.len());
-    for (name, records) in &batches {
-        let lane = &lanes[name];
-        match lane.tx.try_reserve_many(records.len()) {
-            Ok(permits) => reserved.push((lane, permits)),
-            Err(TrySendError::Full(())) => {
-                return if records.len() > lane.tx.max_capacity() {
-                    error_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "{} events for {name:?} in one request, more than its queue holds ({}, publish.queue_capacity); split the request",
-                            records.len(),
-                            lane.tx.max_capacity()
-                        ),
-                    )
-                } else {
-                    unavailable(&format!(
-                        "the queue of destination {name:?} is full; retry later"
-                    ))
-                };
-            }
-            Err(TrySendError::Closed(())) => return unavailable("irisd is shutting down"),
-        }
-    }
-    let mut total = 0u64;
-    let mut batches = batches;
-    for (lane, permits) in reserved {
-        let records = batches.remove(lane.name.as_ref()).unwrap_or_default();
-        let n = records.len() as u64;
-        for (permit, record) in permits.zip(records) {
-            permit.send(record);
-        }
-        lane.metrics
-            .accepted_users
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        total += n;
-    }
-    json_response(
-        StatusCode::ACCEPTED,
-        &serde_json::json!({ "accepted": total }),
-    )
 }
 
 fn unavailable(msg: &str) -> Response<Full<Bytes>> {

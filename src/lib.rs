@@ -17,4 +17,5 @@ pub mod mock;
 pub mod oauth;
 pub mod payload;
 pub mod server;
+pub mod spool;
 pub mod transport;

@@ -29,7 +29,8 @@ enum Command {
         /// The TOML configuration (see deploy/irisd.example.toml).
         #[arg(long, short)]
         config: PathBuf,
-        /// Seconds to keep sending queued events after SIGTERM/SIGINT before exiting.
+        /// Seconds to keep delivering spooled events after SIGTERM/SIGINT; the rest stays in
+        /// the spool for the next start.
         #[arg(long, default_value_t = 10)]
         grace_secs: u64,
     },
@@ -68,6 +69,55 @@ enum Command {
     CheckConfig {
         /// The TOML configuration to check.
         file: PathBuf,
+    },
+    /// Inspect, replay or purge dead letters (events given up on). Works while the daemon runs.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters, oldest first.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        destination: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// `text` or `json` (one object per line).
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// Show one dead letter, with the user record it holds.
+    Show {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The event id (from `list`).
+        id: u64,
+    },
+    /// Put dead letters back into the spool; they go out through the normal path.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only this event id.
+        #[arg(long)]
+        id: Option<u64>,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only this event id.
+        #[arg(long)]
+        id: Option<u64>,
     },
 }
 
@@ -120,7 +170,96 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             print!("{}", config.summary());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq { action } => dlq(action),
     }
+}
+
+fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
+    use irisd::spool::DeadLetterStore;
+    let open = |config: &PathBuf| -> anyhow::Result<DeadLetterStore> {
+        let spool = Config::load_spool(config)?;
+        Ok(DeadLetterStore::open(&spool.path)?)
+    };
+    let when = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| ms.to_string())
+    };
+    match action {
+        DlqAction::List {
+            config,
+            destination,
+            limit,
+            format,
+        } => {
+            let store = open(&config)?;
+            let list = store.list(destination.as_deref(), limit)?;
+            match format.as_str() {
+                "json" => {
+                    for d in &list {
+                        println!("{}", serde_json::to_string(d)?);
+                    }
+                }
+                "text" => {
+                    println!(
+                        "{:>10}  {:<16} {:>6} {:>8}  {:<24}  reason",
+                        "id", "destination", "status", "attempts", "last attempt"
+                    );
+                    for d in &list {
+                        println!(
+                            "{:>10}  {:<16} {:>6} {:>8}  {:<24}  {}",
+                            d.id,
+                            d.destination,
+                            d.status
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            d.attempts,
+                            when(d.last_attempt_ms),
+                            d.reason
+                        );
+                    }
+                    println!("{} dead letter(s)", list.len());
+                }
+                other => bail!("--format {other:?}: expected text or json"),
+            }
+        }
+        DlqAction::Show { config, id } => {
+            let store = open(&config)?;
+            let Some(d) = store.show(id)? else {
+                bail!("no dead letter with id {id}");
+            };
+            println!(
+                "id:             {}\ndestination:    {}\naccepted:       {}\nstatus:         {}\nattempts:       {}\nfirst attempt:  {}\nlast attempt:   {}\nrequest id:     {}\nreason:         {}\nuser record:    {}",
+                d.id,
+                d.destination,
+                when(d.accepted_at_ms),
+                d.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                d.attempts,
+                when(d.first_attempt_ms),
+                when(d.last_attempt_ms),
+                d.request_id,
+                d.reason,
+                String::from_utf8_lossy(&d.body)
+            );
+        }
+        DlqAction::Replay {
+            config,
+            destination,
+            id,
+        } => {
+            let n = open(&config)?.replay(destination.as_deref(), id)?;
+            println!("{n} dead letter(s) put back into the spool");
+        }
+        DlqAction::Purge {
+            config,
+            destination,
+            id,
+        } => {
+            let n = open(&config)?.purge(destination.as_deref(), id)?;
+            println!("{n} dead letter(s) deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(config: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
@@ -131,12 +270,11 @@ async fn run(config: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
         grace_s = grace.as_secs(),
         "shutting down: intake closed, sending what is queued"
     );
-    if daemon.shutdown(grace).await {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        tracing::warn!("grace period over with events still queued; they were not delivered");
-        Ok(ExitCode::from(1))
+    if !daemon.shutdown(grace).await {
+        tracing::warn!("grace period over; undelivered events stay in the spool and go out after the next start");
     }
+    // Nothing accepted is lost either way: it is delivered, dead-lettered, or spooled.
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

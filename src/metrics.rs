@@ -17,8 +17,12 @@ pub struct DestinationMetrics {
     pub accepted_users: AtomicU64,
     /// Users in requests the partner acknowledged.
     pub delivered_users: AtomicU64,
-    /// Users in requests that finally failed.
+    /// Users in requests that finally failed (dead-lettered).
     pub failed_users: AtomicU64,
+    /// Users moved to the dead letters.
+    pub dead_lettered_users: AtomicU64,
+    /// Publish attempts that will be retried.
+    pub retries: AtomicU64,
     /// Users taken from the queue and not yet delivered or failed.
     pub in_flight_users: AtomicU64,
     pub requests_ok: AtomicU64,
@@ -40,6 +44,8 @@ impl Default for DestinationMetrics {
             accepted_users: AtomicU64::new(0),
             delivered_users: AtomicU64::new(0),
             failed_users: AtomicU64::new(0),
+            dead_lettered_users: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
             in_flight_users: AtomicU64::new(0),
             requests_ok: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
@@ -60,6 +66,8 @@ pub struct Snapshot {
     pub accepted_users: u64,
     pub delivered_users: u64,
     pub failed_users: u64,
+    pub dead_lettered_users: u64,
+    pub retries: u64,
     pub in_flight_users: u64,
     pub requests_ok: u64,
     pub requests_failed: u64,
@@ -104,6 +112,8 @@ impl DestinationMetrics {
             accepted_users: self.accepted_users.load(Relaxed),
             delivered_users: self.delivered_users.load(Relaxed),
             failed_users: self.failed_users.load(Relaxed),
+            dead_lettered_users: self.dead_lettered_users.load(Relaxed),
+            retries: self.retries.load(Relaxed),
             in_flight_users: self.in_flight_users.load(Relaxed),
             requests_ok: self.requests_ok.load(Relaxed),
             requests_failed: self.requests_failed.load(Relaxed),

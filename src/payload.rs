@@ -66,11 +66,26 @@ fn field_err(field: impl Into<String>, message: impl Into<String>) -> FieldError
     }
 }
 
-/// One user's `Users` entry, rendered to JSON bytes.
+/// One user's `Users` entry, rendered to JSON bytes, with its spool identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
+    /// The event's id in the spool (0 until spooled).
+    pub id: u64,
+    /// When the intake accepted it, in milliseconds since the Unix epoch (0 until spooled).
+    pub accepted_at_ms: i64,
     /// `{"AAM_UUID":...,"DataPartner_UUID":...,"Segments":[...]}`
     pub json: Bytes,
+}
+
+impl UserRecord {
+    /// A record not yet spooled.
+    pub fn new(json: Bytes) -> Self {
+        Self {
+            id: 0,
+            accepted_at_ms: 0,
+            json,
+        }
+    }
 }
 
 fn is_digits(s: &str, max: usize) -> bool {
@@ -154,9 +169,7 @@ pub fn render_user(ev: &IntakeEvent<'_>, now: Timestamp) -> Result<UserRecord, F
         out.extend_from_slice(b"\"}");
     }
     out.extend_from_slice(b"]}");
-    Ok(UserRecord {
-        json: Bytes::from(out),
-    })
+    Ok(UserRecord::new(Bytes::from(out)))
 }
 
 fn write_json_str(out: &mut Vec<u8>, s: &str) {

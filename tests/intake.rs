@@ -187,10 +187,9 @@ async fn gzip_request_bodies_are_accepted() {
 }
 
 #[tokio::test]
-async fn a_full_queue_answers_503_with_retry_after() {
+async fn a_full_spool_answers_503_with_retry_after_and_stays_bounded() {
     let env = mock(|_| {}).await;
-    // A partner that accepts connections and never answers: the one request in flight hangs,
-    // the lane stops reading, and the small queue fills.
+    // A partner that accepts connections and never answers: nothing drains, the spool fills.
     let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = blackhole.local_addr().unwrap().port();
     let _held = tokio::spawn(async move {
@@ -199,46 +198,53 @@ async fn a_full_queue_answers_503_with_retry_after() {
             conns.push(c);
         }
     });
-    let mut config = env.config(
-        "max_users = 1\nmax_in_flight = 1\nqueue_capacity = 3\nlinger_ms = 0\ntimeout_ms = 30000",
+    let limit = 65_536u64;
+    let mut config = env.config_with(
+        "max_in_flight = 1\ntimeout_ms = 30000",
+        "",
+        &format!("max_bytes_per_destination = {limit}"),
         "",
     );
     config.destinations[0].publish.url = format!("https://127.0.0.1:{port}/segments/aam")
         .parse()
         .unwrap();
     let daemon = Daemon::start(&config).await.unwrap();
-    let mut accepted = 0;
+    let mut accepted = 0u64;
     let mut refused = None;
-    for i in 0..30 {
-        let (status, retry_after, text) =
-            post_events(daemon.intake_addr, event("partner-a", i, &[("1", "1")])).await;
+    for round in 0..100u64 {
+        let body: String = (0..50)
+            .map(|i| event("partner-a", round * 100 + i, &[("1", "1")]) + "\n")
+            .collect();
+        let (status, retry_after, text) = post_events(daemon.intake_addr, body).await;
         match status {
-            202 => accepted += 1,
+            202 => accepted += 50,
             503 => {
                 refused = Some((retry_after, text));
                 break;
             }
             other => panic!("unexpected {other}: {text}"),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (retry_after, text) = refused.expect("the queue filled up");
+    let (retry_after, text) = refused.expect("the spool filled up");
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert!(
-        text.contains("queue") && text.contains("partner-a"),
+        text.contains("spool full") && text.contains("max_bytes_per_destination"),
         "{text}"
     );
-    assert!(
-        accepted <= 1 + 1 + 3,
-        "in flight + waiting for a slot + queue: {accepted}"
-    );
+    let (used, _) = daemon.spool.bytes("partner-a");
+    assert!(used <= limit, "{used} > {limit}");
+    assert!(used > limit / 2, "filled before refusing: {used}");
     assert_eq!(
         daemon.destinations[0].metrics.snapshot().accepted_users,
         accepted
     );
-    // More events for one destination than its queue could ever hold is a client error.
-    let body: String = (0..4)
-        .map(|i| event("partner-a", 100 + i, &[("1", "1")]) + "\n")
-        .collect();
-    assert_eq!(post_events(daemon.intake_addr, body).await.0, 413);
+    // More requests never push the spool past its bound.
+    for i in 0..5 {
+        post_events(
+            daemon.intake_addr,
+            event("partner-a", 999_000 + i, &[("1", "1")]) + "\n",
+        )
+        .await;
+        assert!(daemon.spool.bytes("partner-a").0 <= limit);
+    }
 }

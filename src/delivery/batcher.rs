@@ -104,9 +104,7 @@ mod tests {
     }
 
     fn user(n: usize) -> UserRecord {
-        UserRecord {
-            json: Bytes::from(vec![b'x'; n]),
-        }
+        UserRecord::new(Bytes::from(vec![b'x'; n]))
     }
 
     #[test]
@@ -148,8 +146,8 @@ mod tests {
             payload.clear();
             let records: Vec<_> = batch
                 .iter()
-                .map(|u| UserRecord {
-                    json: Bytes::from(format!("\"{}\"", "y".repeat(u.json.len() - 2))),
+                .map(|u| {
+                    UserRecord::new(Bytes::from(format!("\"{}\"", "y".repeat(u.json.len() - 2))))
                 })
                 .collect();
             header().write_payload(jiff::Timestamp::now(), &records, &mut payload);

@@ -1,24 +1,50 @@
-//! A destination lane: the bounded queue producers fill, the batcher, and the bounded set of
-//! in-flight publish requests of one destination. Lanes share nothing, so a slow or failing
-//! partner holds up only its own lane; when its in-flight window is full the lane stops
-//! reading its queue, the queue fills, and the intake answers 503 (backpressure, not memory).
+//! A destination lane: reads its destination's events from the spool in id order, batches them,
+//! and delivers each batch in its own task, with retries, within a bounded in-flight window.
 //!
-//! The lane ends when every queue sender is gone (the intake shut down): it sends the last
-//! partial batch and waits for its in-flight requests.
+//! The lane keeps a cursor (the last id it read) and reads at most one window of events ahead;
+//! when every in-flight slot is taken it stops reading, so memory stays bounded whatever the
+//! spool holds. The intake wakes the lane after each append; an idle lane also polls once a
+//! second, so events another process put in the spool (`irisd dlq replay`) are picked up.
+//!
+//! A batch task resolves its events exactly once: acked after the partner's success, or moved
+//! to the dead letters (durably) when the answer is permanent, the attempts are used up or the
+//! events are older than `max_age`. Anything else is retried with exponential backoff and full
+//! jitter, never sooner than the partner's `Retry-After`. After `circuit_threshold` consecutive
+//! failures the lane's circuit opens: attempts go out one at a time (probes) until one
+//! succeeds, so a dead partner costs one request per backoff, not a storm. Lanes share nothing:
+//! one destination's outage never stalls another.
+//!
+//! Shutdown has two steps: `Draining` (stop when caught up, keep delivering until then) and
+//! `Stop` (abandon backoffs; unacked events simply stay in the spool for the next start).
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::batcher::Batcher;
-use super::request::new_request_id;
+use super::retry::{retry_delay, Class};
 use super::sender::{Outcome, Sender};
+use crate::config::RetryPolicy;
 use crate::metrics::DestinationMetrics;
 use crate::payload::UserRecord;
+use crate::spool::{now_ms, DeadLetterInfo, Spool, SpoolError, SpoolReader};
+
+/// How long an idle lane waits before looking at the spool again on its own.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The daemon's run state, as lanes see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    /// Deliver what is spooled, then stop.
+    Draining,
+    /// Stop now; what is not acknowledged stays in the spool.
+    Stop,
+}
 
 /// Lane settings.
 #[derive(Debug, Clone)]
@@ -27,84 +53,178 @@ pub struct LaneOptions {
     pub max_bytes: usize,
     pub linger: Duration,
     pub max_in_flight: usize,
-    pub queue_capacity: usize,
+    pub retry: RetryPolicy,
+    /// IRIS profile: every failure is retried (once), none is final before that.
+    pub retry_permanent: bool,
 }
 
 /// The producer side of a lane.
 #[derive(Clone)]
 pub struct LaneHandle {
     pub name: Arc<str>,
-    pub tx: mpsc::Sender<UserRecord>,
+    /// Wakes the lane after new events were spooled.
+    pub notify: Arc<Notify>,
     pub metrics: Arc<DestinationMetrics>,
     /// Largest user record a payload can carry.
     pub max_record_bytes: usize,
 }
 
-/// Starts a lane; it runs until every clone of the returned handle is dropped.
+/// Consecutive-failure circuit of one lane.
+struct Circuit {
+    failures: AtomicU32,
+    threshold: u32,
+    probe: tokio::sync::Mutex<()>,
+}
+
+impl Circuit {
+    /// While open, attempts take turns (one probe at a time).
+    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.failures.load(Relaxed) >= self.threshold {
+            Some(self.probe.lock().await)
+        } else {
+            None
+        }
+    }
+
+    fn success(&self, destination: &str) {
+        if self.failures.swap(0, Relaxed) >= self.threshold {
+            tracing::info!(destination, "partner answers again; circuit closed");
+        }
+    }
+
+    fn failure(&self, destination: &str) {
+        if self.failures.fetch_add(1, Relaxed) + 1 == self.threshold {
+            tracing::warn!(
+                destination,
+                failures = self.threshold,
+                "partner keeps failing; circuit open, sending one probe at a time"
+            );
+        }
+    }
+}
+
+struct Lane {
+    name: Arc<str>,
+    sender: Arc<Sender>,
+    spool: Arc<Spool>,
+    metrics: Arc<DestinationMetrics>,
+    opts: LaneOptions,
+    circuit: Circuit,
+}
+
+/// Starts a lane for `sender`'s destination.
 pub fn spawn(
     sender: Arc<Sender>,
     opts: LaneOptions,
     metrics: Arc<DestinationMetrics>,
-) -> (LaneHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(opts.queue_capacity);
+    spool: Arc<Spool>,
+    state: watch::Receiver<RunState>,
+) -> Result<(LaneHandle, tokio::task::JoinHandle<()>), SpoolError> {
+    let name: Arc<str> = sender.destination.as_str().into();
+    let reader = spool.reader(&name)?;
     let batcher = Batcher::new(
         opts.max_users,
         opts.max_bytes,
         sender.builder().payload_header().clone(),
     );
+    let notify = Arc::new(Notify::new());
     let handle = LaneHandle {
-        name: sender.destination.as_str().into(),
-        tx,
+        name: name.clone(),
+        notify: notify.clone(),
         metrics: metrics.clone(),
         max_record_bytes: batcher.max_record_bytes(),
     };
-    let task = tokio::spawn(run(sender, opts, metrics, rx, batcher));
-    (handle, task)
+    let lane = Arc::new(Lane {
+        circuit: Circuit {
+            failures: AtomicU32::new(0),
+            threshold: opts.retry.circuit_threshold,
+            probe: tokio::sync::Mutex::new(()),
+        },
+        name,
+        sender,
+        spool,
+        metrics,
+        opts,
+    });
+    let task = tokio::spawn(run(lane, Arc::new(reader), batcher, notify, state));
+    Ok((handle, task))
 }
 
 async fn run(
-    sender: Arc<Sender>,
-    opts: LaneOptions,
-    metrics: Arc<DestinationMetrics>,
-    mut rx: mpsc::Receiver<UserRecord>,
+    lane: Arc<Lane>,
+    reader: Arc<SpoolReader>,
     mut batcher: Batcher,
+    notify: Arc<Notify>,
+    mut state: watch::Receiver<RunState>,
 ) {
-    let window = Arc::new(Semaphore::new(opts.max_in_flight));
+    let window = Arc::new(Semaphore::new(lane.opts.max_in_flight));
+    let read_limit = lane.opts.max_users * lane.opts.max_in_flight;
     let mut in_flight = JoinSet::new();
+    let mut cursor = 0u64;
     let mut ready: Vec<Vec<UserRecord>> = Vec::new();
-    loop {
-        let deadline = batcher.deadline(opts.linger);
-        tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(user) => {
-                    metrics.in_flight_users.fetch_add(1, Relaxed);
-                    batcher.push(user, Instant::now(), |b| ready.push(b));
+    'outer: loop {
+        while in_flight.try_join_next().is_some() {}
+        if *state.borrow() == RunState::Stop {
+            break;
+        }
+        let r = reader.clone();
+        let rows = match tokio::task::spawn_blocking(move || r.read_after(cursor, read_limit)).await
+        {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::error!(destination = %lane.name, error = %e, "reading the spool failed; retrying in 1 s");
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(destination = %lane.name, error = %e, "spool reader task failed");
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
+            }
+        };
+        if let Some(last) = rows.last() {
+            cursor = last.id;
+            lane.metrics
+                .in_flight_users
+                .fetch_add(rows.len() as u64, Relaxed);
+            let now = Instant::now();
+            for row in rows {
+                batcher.push(row, now, |b| ready.push(b));
+            }
+        } else {
+            // Caught up with the spool.
+            let draining = *state.borrow() != RunState::Running;
+            if draining {
+                ready.extend(batcher.take());
+                if ready.is_empty() {
+                    break;
                 }
-                None => break,
-            },
-            _ = sleep_until(deadline), if deadline.is_some() => ready.extend(batcher.take()),
+            } else {
+                let deadline = batcher.deadline(lane.opts.linger);
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = sleep_until(deadline), if deadline.is_some() => ready.extend(batcher.take()),
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = state.changed() => {}
+                }
+            }
         }
         for batch in ready.drain(..) {
-            // Waiting for a slot here is the backpressure: the queue is not read meanwhile.
-            let permit = window
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore never closed");
-            let sender = sender.clone();
-            let metrics = metrics.clone();
+            // Waiting for a slot here is the backpressure: the spool is not read meanwhile.
+            let permit = tokio::select! {
+                p = window.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = wait_for(&mut state, RunState::Stop) => break 'outer,
+            };
+            let lane = lane.clone();
+            let state = state.clone();
             in_flight.spawn(async move {
-                publish(&sender, &metrics, batch).await;
+                deliver(&lane, batch, state).await;
                 drop(permit);
             });
         }
-        while in_flight.try_join_next().is_some() {}
-    }
-    if let Some(batch) = batcher.take() {
-        publish(&sender, &metrics, batch).await;
     }
     while in_flight.join_next().await.is_some() {}
-    tracing::debug!(destination = %sender.destination, "lane stopped");
+    tracing::debug!(destination = %lane.name, "lane stopped");
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -114,38 +234,137 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Builds and sends one batch and accounts for it.
-async fn publish(sender: &Sender, metrics: &DestinationMetrics, batch: Vec<UserRecord>) {
-    let req = sender
+/// Resolves when the run state is `target` (or the daemon is gone).
+async fn wait_for(state: &mut watch::Receiver<RunState>, target: RunState) {
+    let _ = state.wait_for(|s| *s == target).await;
+}
+
+/// Delivers one batch until it is acknowledged, dead-lettered, or the daemon stops.
+async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver<RunState>) {
+    let ids: Vec<u64> = batch.iter().map(|u| u.id).collect();
+    let bytes: u64 = batch.iter().map(|u| u.json.len() as u64).sum();
+    let oldest_ms = batch
+        .iter()
+        .map(|u| u.accepted_at_ms)
+        .min()
+        .unwrap_or_else(now_ms);
+    // Stable across retries of this batch: its first and last event ids.
+    let request_id = format!("{:016x}{:016x}", ids[0], ids[ids.len() - 1]);
+    let req = lane
+        .sender
         .builder()
-        .build(&batch, jiff::Timestamp::now(), new_request_id());
+        .build(&batch, jiff::Timestamp::now(), request_id);
     drop(batch);
-    let users = req.users as u64;
-    metrics.bytes_raw.fetch_add(req.raw_len as u64, Relaxed);
-    let outcome = sender.send(&req).await;
-    metrics.in_flight_users.fetch_sub(users, Relaxed);
-    match outcome {
-        Outcome::Delivered { .. } => {
-            metrics.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
-            metrics.requests_ok.fetch_add(1, Relaxed);
-            metrics.delivered_users.fetch_add(users, Relaxed);
-        }
-        Outcome::Failed {
-            class,
-            status,
-            detail,
-        } => {
-            metrics.requests_failed.fetch_add(1, Relaxed);
-            metrics.failed_users.fetch_add(users, Relaxed);
+    let users = ids.len() as u64;
+    let m = &lane.metrics;
+    m.bytes_raw.fetch_add(req.raw_len as u64, Relaxed);
+    let first_attempt_ms = now_ms();
+    let mut attempt = 0u32;
+    let finish = |m: &DestinationMetrics| m.in_flight_users.fetch_sub(users, Relaxed);
+    loop {
+        let probe = lane.circuit.turn().await;
+        attempt += 1;
+        let outcome = lane.sender.send(&req).await;
+        drop(probe);
+        let (class, status, detail, retry_after) = match outcome {
+            Outcome::Delivered { .. } => {
+                lane.circuit.success(&lane.name);
+                lane.spool.ack(lane.name.clone(), ids, bytes);
+                m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
+                m.requests_ok.fetch_add(1, Relaxed);
+                m.delivered_users.fetch_add(users, Relaxed);
+                finish(m);
+                return;
+            }
+            Outcome::Failed {
+                class,
+                status,
+                detail,
+                retry_after,
+            } => (class, status, detail, retry_after),
+        };
+        m.requests_failed.fetch_add(1, Relaxed);
+        lane.circuit.failure(&lane.name);
+        let permanent = class == Class::Permanent && !lane.opts.retry_permanent;
+        let exhausted = lane
+            .opts
+            .retry
+            .max_attempts
+            .is_some_and(|max| attempt >= max);
+        let age = Duration::from_millis((now_ms() - oldest_ms).max(0) as u64);
+        let too_old = age >= lane.opts.retry.max_age;
+        if permanent || exhausted || too_old {
+            let reason = if permanent {
+                detail
+            } else if exhausted {
+                format!("gave up after {attempt} attempts (retry.max_attempts): {detail}")
+            } else {
+                format!(
+                    "older than retry.max_age ({} s): {detail}",
+                    lane.opts.retry.max_age.as_secs()
+                )
+            };
             tracing::warn!(
-                destination = %sender.destination,
+                destination = %lane.name,
                 request_id = %req.request_id,
                 users,
-                ?class,
                 status,
-                %detail,
-                "publish failed; the batch is not delivered"
+                attempts = attempt,
+                %reason,
+                "dead-lettering the batch"
             );
+            let info = DeadLetterInfo {
+                reason,
+                status,
+                attempts: attempt,
+                first_attempt_ms,
+                last_attempt_ms: now_ms(),
+                request_id: req.request_id.clone(),
+            };
+            match lane
+                .spool
+                .dead_letter(lane.name.clone(), ids, bytes, info)
+                .await
+            {
+                Ok(()) => {
+                    m.dead_lettered_users.fetch_add(users, Relaxed);
+                    m.failed_users.fetch_add(users, Relaxed);
+                }
+                Err(e) => tracing::error!(
+                    destination = %lane.name,
+                    error = %e,
+                    "cannot write the dead letters; the events stay in the spool and are retried after a restart"
+                ),
+            }
+            finish(m);
+            return;
+        }
+        m.retries.fetch_add(1, Relaxed);
+        let delay = retry_delay(
+            attempt,
+            lane.opts.retry.initial,
+            lane.opts.retry.max_delay,
+            retry_after,
+            fastrand::f64(),
+        );
+        tracing::warn!(
+            destination = %lane.name,
+            request_id = %req.request_id,
+            users,
+            status,
+            ?class,
+            attempt,
+            retry_in_ms = delay.as_millis() as u64,
+            %detail,
+            "publish failed; will retry"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = wait_for(&mut state, RunState::Stop) => {
+                // Not acknowledged: the events stay in the spool for the next start.
+                finish(m);
+                return;
+            }
         }
     }
 }

@@ -154,9 +154,9 @@ mod tests {
     }
 
     fn users() -> Vec<UserRecord> {
-        vec![UserRecord {
-            json: Bytes::from_static(br#"{"AAM_UUID":"1","DataPartner_UUID":"","Segments":[]}"#),
-        }]
+        vec![UserRecord::new(Bytes::from_static(
+            br#"{"AAM_UUID":"1","DataPartner_UUID":"","Segments":[]}"#,
+        ))]
     }
 
     #[test]

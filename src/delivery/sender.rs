@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::request::{PreparedRequest, RequestBuilder};
-use super::retry::{classify, Class};
+use super::retry::{classify, parse_retry_after, Class, SuccessPolicy};
 use crate::metrics::DestinationMetrics;
 use crate::oauth::client::snippet;
 use crate::oauth::{Token, TokenCache};
@@ -29,6 +29,8 @@ pub enum Outcome {
         status: Option<u16>,
         /// What went wrong, with the first bytes of the partner's answer.
         detail: String,
+        /// The partner's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
     },
 }
 
@@ -39,6 +41,7 @@ pub struct Sender {
     builder: RequestBuilder,
     tokens: Arc<TokenCache>,
     timeout: Duration,
+    success: SuccessPolicy,
     metrics: Arc<DestinationMetrics>,
 }
 
@@ -49,6 +52,7 @@ impl Sender {
         builder: RequestBuilder,
         tokens: Arc<TokenCache>,
         timeout: Duration,
+        success: SuccessPolicy,
         metrics: Arc<DestinationMetrics>,
     ) -> Self {
         Self {
@@ -57,6 +61,7 @@ impl Sender {
             builder,
             tokens,
             timeout,
+            success,
             metrics,
         }
     }
@@ -98,17 +103,20 @@ impl Sender {
             Err(e) => return self.no_token(req, e),
         };
         match self.attempt(req, &token).await {
-            // A second 401 with a brand-new token is not a token problem we can fix by retrying.
+            // A second 401 with a brand-new token: the partner's side is confused (or the
+            // credentials were just rotated); retry later with backoff rather than give up.
             Outcome::Failed {
                 class: Class::Unauthorized,
                 status,
                 detail,
+                retry_after,
             } => {
                 self.metrics.unauthorized.fetch_add(1, Relaxed);
                 Outcome::Failed {
-                    class: Class::Unauthorized,
+                    class: Class::Retryable,
                     status,
                     detail: format!("401 again with a fresh token: {detail}"),
+                    retry_after,
                 }
             }
             other => other,
@@ -121,6 +129,10 @@ impl Sender {
             class: Class::Retryable,
             status: None,
             detail: format!("no token: {e}"),
+            retry_after: match e {
+                crate::oauth::TokenError::BackingOff { retry_in, .. } => Some(retry_in),
+                _ => None,
+            },
         }
     }
 
@@ -134,7 +146,7 @@ impl Sender {
         let elapsed = started.elapsed();
         match result {
             Ok(resp) => {
-                let class = classify(resp.status);
+                let class = classify(resp.status, &self.success);
                 let status = resp.status.as_u16();
                 tracing::debug!(
                     destination = %self.destination,
@@ -155,6 +167,7 @@ impl Sender {
                         class,
                         status: Some(status),
                         detail: format!("partner answered {status}: {}", snippet(&body, &[])),
+                        retry_after: parse_retry_after(&resp.headers, jiff::Timestamp::now()),
                     }
                 }
             }
@@ -162,6 +175,7 @@ impl Sender {
                 class: Class::Retryable,
                 status: None,
                 detail: e.to_string(),
+                retry_after: None,
             },
         }
     }

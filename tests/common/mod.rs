@@ -46,11 +46,26 @@ impl Env {
     /// A daemon config for one destination "partner-a" at the mock; `publish_extra` is added
     /// to `[destination.publish]`, `auth_extra` to `[destination.auth]`.
     pub fn config(&self, publish_extra: &str, auth_extra: &str) -> Config {
+        self.config_with(publish_extra, auth_extra, "", "")
+    }
+
+    /// Like [`Env::config`], plus lines for `[spool]` and `[destination.retry]`.
+    pub fn config_with(
+        &self,
+        publish_extra: &str,
+        auth_extra: &str,
+        spool_extra: &str,
+        retry_extra: &str,
+    ) -> Config {
         let secret = self.dir.path().join("secret");
         std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
         let text = format!(
             r#"[intake]
 listen = "127.0.0.1:0"
+
+[spool]
+path = "spool.sqlite"
+{spool_extra}
 
 [[destination]]
 name = "partner-a"
@@ -67,6 +82,9 @@ client_secret_file = "secret"
 [destination.publish]
 url = "{}"
 {publish_extra}
+
+[destination.retry]
+{retry_extra}
 
 [destination.tls]
 ca_file = "{}"
