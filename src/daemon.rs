@@ -109,7 +109,8 @@ impl Daemon {
         ));
         let for_server = intake.clone();
         let server = serve(listener, None, move |req, peer| {
-            for_server.clone().handle(req, peer)
+            let intake = for_server.clone();
+            async move { Ok(intake.handle(req, peer).await) }
         });
         tracing::info!(
             intake = %server.addr,

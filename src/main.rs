@@ -58,6 +58,13 @@ enum Command {
         /// Require the exact IRIS Content-Type string on token requests.
         #[arg(long)]
         strict: bool,
+        /// A fault to inject from the start, as KEY=VALUE (repeatable), e.g.
+        /// `--fault error_rate=0.1 --fault error_status=503 --fault latency_ms=50`.
+        /// Keys: latency_ms, latency_jitter_ms, error_rate, fail_next, error_status,
+        /// retry_after_secs, reset_rate, token_down, token_latency_ms. Change them at run time
+        /// with POST /_mock/faults.
+        #[arg(long = "fault", value_name = "KEY=VALUE")]
+        faults: Vec<String>,
     },
     /// Run a live demo on loopback: mock partner + daemon + synthetic load, then a summary.
     Demo {
@@ -163,7 +170,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             clients,
             token_ttl,
             strict,
-        } => mock_partner(config, listen, tls_dir, clients, token_ttl, strict).await,
+            faults,
+        } => mock_partner(config, listen, tls_dir, clients, token_ttl, strict, faults).await,
         Command::Demo { seconds } => demo(seconds).await,
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
@@ -301,6 +309,7 @@ async fn mock_partner(
     clients: Vec<String>,
     token_ttl: Option<String>,
     strict: bool,
+    faults: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let mut cfg = match &config {
         Some(path) => MockConfig::load(path).map_err(anyhow::Error::msg)?,
@@ -322,6 +331,19 @@ async fn mock_partner(
         };
     }
     cfg.strict_content_type |= strict;
+    if !faults.is_empty() {
+        let mut current = serde_json::to_value(&cfg.faults)?;
+        for f in &faults {
+            let (key, value) = f
+                .split_once('=')
+                .with_context(|| format!("--fault {f:?}: expected KEY=VALUE"))?;
+            let parsed: toml::Table = format!("v = {value}").parse().with_context(|| {
+                format!("--fault {f:?}: {value:?} is not a number, boolean or quoted string")
+            })?;
+            current[key.trim()] = serde_json::to_value(&parsed["v"])?;
+        }
+        cfg.faults = serde_json::from_value(current).context("--fault")?;
+    }
     for c in clients {
         let Some((id, secret)) = c.split_once(':') else {
             bail!("--client must be ID:SECRET");

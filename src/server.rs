@@ -1,7 +1,6 @@
 //! The HTTP/1.1 server loop shared by the intake and the mock partner: accept (optionally TLS),
 //! serve with hyper, bound header read time, and shut down gracefully on request.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +23,18 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Returned by a handler to drop the connection without answering (fault injection).
+#[derive(Debug)]
+pub struct CloseConnection;
+
+impl std::fmt::Display for CloseConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection closed without an answer")
+    }
+}
+
+impl std::error::Error for CloseConnection {}
+
 /// A running server.
 pub struct ServerHandle {
     pub addr: SocketAddr,
@@ -39,11 +50,12 @@ impl ServerHandle {
     }
 }
 
-/// Serves `handler` on `listener` until [`ServerHandle::shutdown`].
+/// Serves `handler` on `listener` until [`ServerHandle::shutdown`]. A handler answering
+/// `Err(CloseConnection)` makes the connection close without a response.
 pub fn serve<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, handler: H) -> ServerHandle
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, CloseConnection>> + Send + 'static,
 {
     let addr = listener
         .local_addr()
@@ -71,10 +83,7 @@ where
             };
             let _ = stream.set_nodelay(true);
             let handler = handler.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let fut = handler(req, peer);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
+            let svc = hyper::service::service_fn(move |req| handler(req, peer));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

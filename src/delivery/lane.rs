@@ -10,9 +10,9 @@
 //! to the dead letters (durably) when the answer is permanent, the attempts are used up or the
 //! events are older than `max_age`. Anything else is retried with exponential backoff and full
 //! jitter, never sooner than the partner's `Retry-After`. After `circuit_threshold` consecutive
-//! failures the lane's circuit opens: attempts go out one at a time (probes) until one
-//! succeeds, so a dead partner costs one request per backoff, not a storm. Lanes share nothing:
-//! one destination's outage never stalls another.
+//! failures the lane's circuit opens: one attempt at a time (a probe) passes its gate, spaced by
+//! a growing backoff, until one succeeds; so a dead partner costs one request per backoff, not
+//! one per in-flight batch. Lanes share nothing: one destination's outage never stalls another.
 //!
 //! Shutdown has two steps: `Draining` (stop when caught up, keep delivering until then) and
 //! `Stop` (abandon backoffs; unacked events simply stay in the spool for the next start).
@@ -69,36 +69,77 @@ pub struct LaneHandle {
     pub max_record_bytes: usize,
 }
 
-/// Consecutive-failure circuit of one lane.
+/// Consecutive-failure circuit of one lane. Closed: attempts go out freely. Open (after
+/// `threshold` consecutive failures): one attempt at a time passes the gate, and the next may
+/// not start before a backoff after the last failed probe; the first success closes it.
 struct Circuit {
     failures: AtomicU32,
     threshold: u32,
-    probe: tokio::sync::Mutex<()>,
+    /// Held by the current probe; holds when the next probe may start.
+    gate: tokio::sync::Mutex<Option<Instant>>,
+    initial: Duration,
+    max_delay: Duration,
 }
 
 impl Circuit {
-    /// While open, attempts take turns (one probe at a time).
-    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        if self.failures.load(Relaxed) >= self.threshold {
-            Some(self.probe.lock().await)
-        } else {
-            None
+    fn new(retry: &RetryPolicy) -> Self {
+        Self {
+            failures: AtomicU32::new(0),
+            threshold: retry.circuit_threshold,
+            gate: tokio::sync::Mutex::new(None),
+            initial: retry.initial,
+            max_delay: retry.max_delay,
         }
     }
 
-    fn success(&self, destination: &str) {
+    /// Waits for this attempt's turn: at once while closed, else for the gate and its time.
+    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, Option<Instant>>> {
+        if self.failures.load(Relaxed) < self.threshold {
+            return None;
+        }
+        let gate = self.gate.lock().await;
+        if let Some(at) = *gate {
+            tokio::time::sleep_until(at).await;
+        }
+        Some(gate)
+    }
+
+    fn success(
+        &self,
+        destination: &str,
+        gate: Option<tokio::sync::MutexGuard<'_, Option<Instant>>>,
+    ) {
+        if let Some(mut g) = gate {
+            *g = None;
+        }
         if self.failures.swap(0, Relaxed) >= self.threshold {
             tracing::info!(destination, "partner answers again; circuit closed");
         }
     }
 
-    fn failure(&self, destination: &str) {
-        if self.failures.fetch_add(1, Relaxed) + 1 == self.threshold {
+    fn failure(
+        &self,
+        destination: &str,
+        gate: Option<tokio::sync::MutexGuard<'_, Option<Instant>>>,
+    ) {
+        let n = self.failures.fetch_add(1, Relaxed) + 1;
+        if n == self.threshold {
             tracing::warn!(
                 destination,
-                failures = self.threshold,
+                failures = n,
                 "partner keeps failing; circuit open, sending one probe at a time"
             );
+        }
+        if let Some(mut g) = gate {
+            // Equal jitter: the gap between probes never collapses to zero.
+            let delay = retry_delay(
+                n - self.threshold + 1,
+                self.initial,
+                self.max_delay,
+                None,
+                1.0,
+            );
+            *g = Some(Instant::now() + delay / 2 + delay.mul_f64(fastrand::f64() / 2.0));
         }
     }
 }
@@ -135,11 +176,7 @@ pub fn spawn(
         max_record_bytes: batcher.max_record_bytes(),
     };
     let lane = Arc::new(Lane {
-        circuit: Circuit {
-            failures: AtomicU32::new(0),
-            threshold: opts.retry.circuit_threshold,
-            probe: tokio::sync::Mutex::new(()),
-        },
+        circuit: Circuit::new(&opts.retry),
         name,
         sender,
         spool,
@@ -262,13 +299,12 @@ async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver
     let mut attempt = 0u32;
     let finish = |m: &DestinationMetrics| m.in_flight_users.fetch_sub(users, Relaxed);
     loop {
-        let probe = lane.circuit.turn().await;
+        let gate = lane.circuit.turn().await;
         attempt += 1;
         let outcome = lane.sender.send(&req).await;
-        drop(probe);
         let (class, status, detail, retry_after) = match outcome {
             Outcome::Delivered { .. } => {
-                lane.circuit.success(&lane.name);
+                lane.circuit.success(&lane.name, gate);
                 lane.spool.ack(lane.name.clone(), ids, bytes);
                 m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
                 m.requests_ok.fetch_add(1, Relaxed);
@@ -284,7 +320,7 @@ async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver
             } => (class, status, detail, retry_after),
         };
         m.requests_failed.fetch_add(1, Relaxed);
-        lane.circuit.failure(&lane.name);
+        lane.circuit.failure(&lane.name, gate);
         let permanent = class == Class::Permanent && !lane.opts.retry_permanent;
         let exhausted = lane
             .opts

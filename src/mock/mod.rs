@@ -7,6 +7,7 @@
 //! types and the secret types with the daemon. Its state (clients, issued tokens, counters, a
 //! bounded journal of requests) is in [`MockState`]; admin endpoints live under `/_mock/`.
 
+pub mod faults;
 pub mod publish;
 pub mod tls;
 pub mod token;
@@ -25,8 +26,12 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use self::faults::{Action, Faults};
 use crate::payload::Payload;
-use crate::server::{error_response, json_response, serve, ServerHandle};
+use crate::server::{error_response, json_response, serve, CloseConnection, ServerHandle};
+
+/// Users and request ids tracked for duplicate counting, at most.
+const MAX_TRACKED: usize = 10_000_000;
 
 /// `[[client]]` in the mock's config: one set of credentials the token endpoint accepts.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +75,8 @@ pub struct MockConfig {
     pub payload_capacity: usize,
     /// Scope a token must carry to publish (403 `insufficient_scope` otherwise); none = any.
     pub publish_scope: Option<String>,
+    /// Faults in force from the start (see [`Faults`]).
+    pub faults: Faults,
     /// Accepted credentials.
     #[serde(rename = "client")]
     pub clients: Vec<ClientSpec>,
@@ -89,6 +96,7 @@ impl Default for MockConfig {
             journal_capacity: 1000,
             payload_capacity: 1000,
             publish_scope: None,
+            faults: Faults::default(),
             clients: Vec::new(),
         }
     }
@@ -174,6 +182,18 @@ pub struct MockStats {
     pub segments_accepted: u64,
     /// Publish requests refused, by reason.
     pub publish_rejections: BTreeMap<String, u64>,
+    /// Injected faults, by kind (`status_503`, `closed`, `token_down`).
+    pub injected: BTreeMap<String, u64>,
+    /// Distinct `AAM_UUID`s accepted.
+    pub unique_users: u64,
+    /// Accepted user entries beyond the first for their `AAM_UUID` (redeliveries).
+    pub duplicate_users: u64,
+    /// Distinct `X-Request-Id`s accepted.
+    pub unique_request_ids: u64,
+    /// Accepted requests whose `X-Request-Id` was accepted before.
+    pub duplicate_request_ids: u64,
+    /// More than 10 million distinct users or request ids: tracking stopped there.
+    pub tracking_truncated: bool,
 }
 
 /// One request as the mock saw it (Authorization redacted).
@@ -211,6 +231,18 @@ pub struct MockState {
     journal: Mutex<VecDeque<JournalEntry>>,
     received: Mutex<VecDeque<Received>>,
     seq: std::sync::atomic::AtomicU64,
+    faults: RwLock<Faults>,
+    seen: Mutex<Seen>,
+}
+
+/// Deliveries per user and per request id, for duplicate counting.
+#[derive(Default)]
+struct Seen {
+    users: HashMap<String, u32>,
+    request_ids: HashMap<String, u32>,
+    duplicate_users: u64,
+    duplicate_request_ids: u64,
+    truncated: bool,
 }
 
 impl MockState {
@@ -220,7 +252,10 @@ impl MockState {
             .iter()
             .map(Client::from_spec)
             .collect::<Result<Vec<_>, _>>()?;
+        cfg.faults.validate().map_err(|e| format!("faults: {e}"))?;
         Ok(Self {
+            faults: RwLock::new(cfg.faults.clone()),
+            seen: Mutex::new(Seen::default()),
             cfg,
             started: Instant::now(),
             clients: RwLock::new(clients),
@@ -237,7 +272,75 @@ impl MockState {
     }
 
     pub fn stats(&self) -> MockStats {
-        lock(&self.stats).clone()
+        let mut s = lock(&self.stats).clone();
+        let seen = lock(&self.seen);
+        s.unique_users = seen.users.len() as u64;
+        s.duplicate_users = seen.duplicate_users;
+        s.unique_request_ids = seen.request_ids.len() as u64;
+        s.duplicate_request_ids = seen.duplicate_request_ids;
+        s.tracking_truncated = seen.truncated;
+        s
+    }
+
+    /// How many times each `AAM_UUID` was accepted.
+    pub fn user_counts(&self) -> HashMap<String, u32> {
+        lock(&self.seen).users.clone()
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Faults {
+        self.faults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the faults in force.
+    pub fn set_faults(&self, f: Faults) -> Result<(), String> {
+        f.validate()?;
+        *self.faults.write().unwrap_or_else(|e| e.into_inner()) = f;
+        Ok(())
+    }
+
+    /// "Reauthorize" a client: it gets a new secret (returned; generated when `None`), the old
+    /// one stops working, and every token issued to it is revoked.
+    pub fn rotate_secret(
+        &self,
+        client_id: &str,
+        new_secret: Option<String>,
+    ) -> Result<String, String> {
+        let secret = new_secret.unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
+        {
+            let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+            let client = clients
+                .iter_mut()
+                .find(|c| matches!(c, Client::IdSecret { id, .. } if id == client_id))
+                .ok_or_else(|| format!("no client {client_id:?}"))?;
+            if let Client::IdSecret { secret: s, .. } = client {
+                *s = SecretString::from(secret.clone());
+            }
+        }
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, t| t.client != client_id);
+        Ok(secret)
+    }
+
+    /// Counts an accepted payload's users and request id.
+    pub(crate) fn note_delivery(&self, payload: &Payload, request_id: Option<&str>) {
+        let mut guard = lock(&self.seen);
+        let seen = &mut *guard;
+        for u in &payload.users {
+            if count_seen(&mut seen.users, &u.aam_uuid, &mut seen.truncated) {
+                seen.duplicate_users += 1;
+            }
+        }
+        if let Some(rid) = request_id {
+            if count_seen(&mut seen.request_ids, rid, &mut seen.truncated) {
+                seen.duplicate_request_ids += 1;
+            }
+        }
     }
 
     /// The journal, oldest first.
@@ -258,11 +361,12 @@ impl MockState {
         n
     }
 
-    /// Forgets counters, journal and received payloads.
+    /// Forgets counters, journal, received payloads and duplicate tracking.
     pub fn reset(&self) {
         *lock(&self.stats) = MockStats::default();
         lock(&self.journal).clear();
         lock(&self.received).clear();
+        *lock(&self.seen) = Seen::default();
     }
 
     /// Whether `value` is a token the mock issued, unexpired (for tests checking secrecy).
@@ -327,6 +431,20 @@ impl MockState {
             .filter(|&s| s > 0)
             .map(Duration::from_secs)
     }
+}
+
+/// Counts one more sighting of `key`; true if it was seen before.
+fn count_seen(map: &mut HashMap<String, u32>, key: &str, truncated: &mut bool) -> bool {
+    if let Some(n) = map.get_mut(key) {
+        *n += 1;
+        return true;
+    }
+    if map.len() < MAX_TRACKED {
+        map.insert(key.to_string(), 1);
+    } else {
+        *truncated = true;
+    }
+    false
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -397,25 +515,35 @@ impl MockPartner {
     }
 }
 
-async fn route(state: Arc<MockState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: Arc<MockState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, CloseConnection> {
     let path = req.uri().path().to_string();
     if path == state.cfg.token_path {
+        let faults = state.faults();
+        if faults.token_latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(faults.token_latency_ms)).await;
+        }
         let (parts, body) = req.into_parts();
         let body = match read_body(body, 64 * 1024).await {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => return Ok(r),
         };
-        return token::handle(&state, &parts, &body);
+        if faults.token_down {
+            return Ok(injected_token_outage(&state, &parts, &body));
+        }
+        return Ok(token::handle(&state, &parts, &body));
     }
     if path == state.cfg.publish_path {
         let (parts, body) = req.into_parts();
         let body = match read_body(body, state.cfg.max_body_bytes).await {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => return Ok(r),
         };
-        return publish::handle(&state, &parts, &body);
+        return publish_with_faults(&state, &parts, &body).await;
     }
-    match (req.method(), path.as_str()) {
+    Ok(match (req.method(), path.as_str()) {
         (&Method::GET, "/_mock/stats") => json_response(
             StatusCode::OK,
             &serde_json::to_value(state.stats()).unwrap_or_default(),
@@ -428,6 +556,27 @@ async fn route(state: Arc<MockState>, req: Request<Incoming>) -> Response<Full<B
             StatusCode::OK,
             &serde_json::to_value(state.received()).unwrap_or_default(),
         ),
+        (&Method::GET, "/_mock/faults") => json_response(
+            StatusCode::OK,
+            &serde_json::to_value(state.faults()).unwrap_or_default(),
+        ),
+        (&Method::POST, "/_mock/faults") => {
+            let body = match read_body(req.into_body(), 64 * 1024).await {
+                Ok(b) => b,
+                Err(r) => return Ok(r),
+            };
+            match serde_json::from_slice::<Faults>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    state.set_faults(f.clone())?;
+                    Ok(f)
+                }) {
+                Ok(f) => {
+                    json_response(StatusCode::OK, &serde_json::to_value(f).unwrap_or_default())
+                }
+                Err(e) => error_response(StatusCode::BAD_REQUEST, format!("faults: {e}")),
+            }
+        }
         (&Method::POST, "/_mock/reset") => {
             state.reset();
             json_response(StatusCode::OK, &serde_json::json!({"reset": true}))
@@ -436,8 +585,135 @@ async fn route(state: Arc<MockState>, req: Request<Incoming>) -> Response<Full<B
             let n = state.revoke_all_tokens();
             json_response(StatusCode::OK, &serde_json::json!({"revoked": n}))
         }
+        (&Method::POST, "/_mock/rotate") => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Rotate {
+                client_id: String,
+                client_secret: Option<String>,
+            }
+            let body = match read_body(req.into_body(), 64 * 1024).await {
+                Ok(b) => b,
+                Err(r) => return Ok(r),
+            };
+            match serde_json::from_slice::<Rotate>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|r| state.rotate_secret(&r.client_id, r.client_secret))
+            {
+                // The new secret is returned to the caller who asked for it (an admin), once.
+                Ok(secret) => json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"client_secret": secret}),
+                ),
+                Err(e) => error_response(StatusCode::BAD_REQUEST, format!("rotate: {e}")),
+            }
+        }
         _ => error_response(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
+    })
+}
+
+/// The publish endpoint with the faults in force applied first.
+async fn publish_with_faults(
+    state: &MockState,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Result<Response<Full<Bytes>>, CloseConnection> {
+    let action = {
+        let mut f = state.faults.write().unwrap_or_else(|e| e.into_inner());
+        let action = f.decide(fastrand::f64(), fastrand::f64(), fastrand::f64());
+        if matches!(action, Action::Fail { .. }) && f.fail_next > 0 {
+            f.fail_next -= 1;
+        }
+        action
+    };
+    match action {
+        Action::Serve { delay } => {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(publish::handle(state, parts, body))
+        }
+        Action::Close { delay } => {
+            tokio::time::sleep(delay).await;
+            let seq = state.next_seq();
+            state.count(|s| {
+                s.publish_requests += 1;
+                *s.injected.entry("closed".into()).or_default() += 1;
+            });
+            state.record(
+                seq,
+                &parts.method,
+                parts.uri.path(),
+                &parts.headers,
+                body.len(),
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "injected_close",
+                "connection closed without an answer",
+            );
+            Err(CloseConnection)
+        }
+        Action::Fail {
+            delay,
+            status,
+            retry_after,
+        } => {
+            tokio::time::sleep(delay).await;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let seq = state.next_seq();
+            let kind = format!("status_{}", status.as_u16());
+            state.count(|s| {
+                s.publish_requests += 1;
+                *s.injected.entry(kind.clone()).or_default() += 1;
+            });
+            state.record(
+                seq,
+                &parts.method,
+                parts.uri.path(),
+                &parts.headers,
+                body.len(),
+                status,
+                &format!("injected_{}", status.as_u16()),
+                "fault injection",
+            );
+            let mut r = error_response(status, "injected fault");
+            if let Some(secs) = retry_after {
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            }
+            Ok(r)
+        }
     }
+}
+
+fn injected_token_outage(
+    state: &MockState,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Response<Full<Bytes>> {
+    let seq = state.next_seq();
+    state.count(|s| {
+        s.token_requests += 1;
+        *s.injected.entry("token_down".into()).or_default() += 1;
+    });
+    state.record(
+        seq,
+        &parts.method,
+        parts.uri.path(),
+        &parts.headers,
+        body.len(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "injected_token_down",
+        "fault injection",
+    );
+    let mut r = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({"error": "temporarily_unavailable", "error_description": "injected fault"}),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
 }
 
 async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Response<Full<Bytes>>> {

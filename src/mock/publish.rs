@@ -169,14 +169,16 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
                 "accepted",
                 &detail,
             );
+            let request_id = parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            state.note_delivery(&payload, request_id.as_deref());
             state.keep_payload(Received {
                 seq,
                 method: parts.method.to_string(),
-                request_id: parts
-                    .headers
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
+                request_id,
                 payload,
             });
             json_response(
