@@ -862,10 +862,27 @@ mod tests {
             assert_eq!(list[0].status, Some(400));
             assert_eq!(list[0].reason, "partner answered 400: bad");
             assert_eq!(dlq.show(2).unwrap().unwrap().body, Bytes::from_static(b"2"));
+            assert_eq!(dlq.purge(Some("other"), None).unwrap(), 0);
             assert_eq!(dlq.replay(Some("a"), None).unwrap(), 2);
             assert!(dlq.list(None, 10).unwrap().is_empty());
             let back = spool.reader("a").unwrap().read_after(2, 10).unwrap();
             assert_eq!(back.iter().map(|s| s.id).collect::<Vec<_>>(), [3, 4]);
+            assert_eq!(dlq.pending().unwrap(), [("a".to_string(), 2)]);
+
+            let info = DeadLetterInfo {
+                reason: "r".into(),
+                status: None,
+                attempts: 3,
+                first_attempt_ms: 0,
+                last_attempt_ms: 0,
+                request_id: "x".into(),
+            };
+            spool
+                .dead_letter("a".into(), vec![3], 1, info)
+                .await
+                .unwrap();
+            assert_eq!(dlq.purge(None, Some(3)).unwrap(), 1);
+            assert!(dlq.list(None, 10).unwrap().is_empty());
         });
     }
 

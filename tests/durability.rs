@@ -350,3 +350,112 @@ async fn a_failing_partner_neither_stalls_another_nor_gets_hammered() {
     );
     daemon.shutdown(Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn connections_closed_without_an_answer_are_retried_until_delivered() {
+    let env = mock(|c| {
+        c.faults = Faults {
+            reset_rate: 0.5,
+            ..Faults::default()
+        }
+    })
+    .await;
+    let config = env.config_with("linger_ms = 5\nmax_users = 2", "", "", FAST_RETRY);
+    let daemon = Daemon::start(&config).await.unwrap();
+    assert_eq!(post_events(daemon.intake_addr, events(1, 40)).await.0, 202);
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || m.snapshot().delivered_users
+            == 40)
+        .await
+    );
+    let stats = env.mock.state.stats();
+    assert!(stats.injected["closed"] >= 1, "{stats:?}");
+    assert_eq!(stats.unique_users, 40);
+    assert_eq!(m.snapshot().dead_lettered_users, 0);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn token_endpoint_down_then_back_delivers_everything() {
+    let env = mock(|c| {
+        c.faults = Faults {
+            token_down: true,
+            ..Faults::default()
+        }
+    })
+    .await;
+    let config = env.config_with("linger_ms = 5", "", "", FAST_RETRY);
+    let daemon = Daemon::start(&config).await.unwrap();
+    assert_eq!(post_events(daemon.intake_addr, events(1, 5)).await.0, 202);
+    let state = env.mock.state.clone();
+    assert!(
+        wait_until(Duration::from_secs(5), || state
+            .stats()
+            .injected
+            .get("token_down")
+            .is_some())
+        .await
+    );
+    let m = daemon.destinations[0].metrics.clone();
+    assert_eq!(m.snapshot().delivered_users, 0);
+    env.mock.state.set_faults(Faults::default()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || m.snapshot().delivered_users
+            == 5)
+        .await
+    );
+    assert!(
+        m.snapshot()
+            .token_fetches
+            .get("temporarily_unavailable")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn rotating_a_client_secret_revokes_its_tokens_and_the_old_secret() {
+    let env = mock(|c| c.token_ttl_secs = None).await;
+    let config = env.config_with("linger_ms = 5", "", "", FAST_RETRY);
+    let daemon = Daemon::start(&config).await.unwrap();
+    assert_eq!(post_events(daemon.intake_addr, events(1, 1)).await.0, 202);
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+            == 1)
+        .await
+    );
+    let new_secret = env.mock.state.rotate_secret(CLIENT_ID, None).unwrap();
+    assert!(
+        env.mock.state.issued_token_values().is_empty(),
+        "tokens issued before are revoked"
+    );
+    // The daemon still has the old secret: its token is rejected and it cannot get a new one.
+    assert_eq!(post_events(daemon.intake_addr, events(2, 1)).await.0, 202);
+    let state = env.mock.state.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || state
+            .stats()
+            .token_rejections
+            .get("invalid_client")
+            .is_some())
+        .await
+    );
+    assert_eq!(m.snapshot().delivered_users, 1);
+    daemon.shutdown(Duration::from_millis(200)).await;
+    // With the new secret, the event waiting in the spool goes out.
+    std::fs::write(env.dir.path().join("secret"), &new_secret).unwrap();
+    let config = irisd::config::Config::load(&env.dir.path().join("irisd.toml")).unwrap();
+    let daemon = Daemon::start(&config).await.unwrap();
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+            == 1)
+        .await
+    );
+    assert_eq!(env.mock.state.user_counts().get("2"), Some(&1));
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
