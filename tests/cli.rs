@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -92,28 +91,7 @@ fn check_config_lists_destinations_with_secrets_masked() {
 async fn run_delivers_and_exits_0_on_sigterm() {
     let env = mock(|_| {}).await;
     let _ = env.config("linger_ms = 10", "");
-    let mut child = irisd()
-        .args(["run", "--config"])
-        .arg(env.dir.path().join("irisd.toml"))
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("irisd started");
-        if let Some(rest) = line.split("intake=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let (child, addr) = spawn_daemon(&env.dir.path().join("irisd.toml"), 10);
     let (status, _, _) = post_events(addr, event("partner-a", 77, &[("5", "1")])).await;
     assert_eq!(status, 202);
     assert!(
@@ -125,14 +103,9 @@ async fn run_delivers_and_exits_0_on_sigterm() {
             == 1)
         .await
     );
-    let pid = child.id().to_string();
-    // The shell's builtin kill, so the test needs no procps.
-    assert!(Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    child.sigterm();
+    let mut child = child;
+    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));

@@ -4,64 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use irisd::mock::faults::Faults;
-
-/// The daemon process; killed if a failing test drops it.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn sigterm(&self) {
-        let pid = self.0.id();
-        assert!(Command::new("sh")
-            .args(["-c", &format!("kill -TERM {pid}")])
-            .status()
-            .unwrap()
-            .success());
-    }
-}
-
-fn spawn_daemon(config: &Path, grace_secs: u64) -> (Proc, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_irisd"))
-        .args(["run", "--grace-secs", &grace_secs.to_string(), "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("irisd started");
-        if let Some(rest) = line.split("intake=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the pipe so the daemon never blocks on a full stderr.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    (Proc(child), addr)
-}
 
 /// Posts batches of 20 fresh users until the intake stops answering; returns the acknowledged
 /// user ids.

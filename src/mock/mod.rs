@@ -635,21 +635,9 @@ async fn publish_with_faults(
         }
         Action::Close { delay } => {
             tokio::time::sleep(delay).await;
-            let seq = state.next_seq();
-            state.count(|s| {
-                s.publish_requests += 1;
-                *s.injected.entry("closed".into()).or_default() += 1;
-            });
-            state.record(
-                seq,
-                &parts.method,
-                parts.uri.path(),
-                &parts.headers,
-                body.len(),
-                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-                "injected_close",
-                "connection closed without an answer",
-            );
+            // 499 in the journal: "closed before answering" (nginx's convention).
+            let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            record_injected(state, parts, body, status, "closed", false);
             Err(CloseConnection)
         }
         Action::Fail {
@@ -659,21 +647,13 @@ async fn publish_with_faults(
         } => {
             tokio::time::sleep(delay).await;
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let seq = state.next_seq();
-            let kind = format!("status_{}", status.as_u16());
-            state.count(|s| {
-                s.publish_requests += 1;
-                *s.injected.entry(kind.clone()).or_default() += 1;
-            });
-            state.record(
-                seq,
-                &parts.method,
-                parts.uri.path(),
-                &parts.headers,
-                body.len(),
+            record_injected(
+                state,
+                parts,
+                body,
                 status,
-                &format!("injected_{}", status.as_u16()),
-                "fault injection",
+                &format!("status_{}", status.as_u16()),
+                false,
             );
             let mut r = error_response(status, "injected fault");
             if let Some(secs) = retry_after {
@@ -685,25 +665,49 @@ async fn publish_with_faults(
     }
 }
 
-fn injected_token_outage(
+/// Counts and journals an injected fault of kind `kind` (`closed`, `status_503`, `token_down`).
+fn record_injected(
     state: &MockState,
     parts: &http::request::Parts,
     body: &Bytes,
-) -> Response<Full<Bytes>> {
+    status: StatusCode,
+    kind: &str,
+    token: bool,
+) {
     let seq = state.next_seq();
     state.count(|s| {
-        s.token_requests += 1;
-        *s.injected.entry("token_down".into()).or_default() += 1;
+        if token {
+            s.token_requests += 1;
+        } else {
+            s.publish_requests += 1;
+        }
+        *s.injected.entry(kind.to_string()).or_default() += 1;
     });
+    let verdict = format!("injected_{kind}");
     state.record(
         seq,
         &parts.method,
         parts.uri.path(),
         &parts.headers,
         body.len(),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "injected_token_down",
+        status,
+        &verdict,
         "fault injection",
+    );
+}
+
+fn injected_token_outage(
+    state: &MockState,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Response<Full<Bytes>> {
+    record_injected(
+        state,
+        parts,
+        body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "token_down",
+        true,
     );
     let mut r = json_response(
         StatusCode::SERVICE_UNAVAILABLE,
