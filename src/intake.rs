@@ -188,6 +188,12 @@ fn parse_ndjson(
         }
         let ev: IntakeEvent<'_> = serde_json::from_slice(line)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("line {n}: {e}")))?;
+        if ev.destination.is_empty() {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("line {n}: missing field `destination`"),
+            ));
+        }
         let Some(lane) = lanes.get(ev.destination.as_ref()) else {
             let mut known: Vec<_> = lanes.keys().map(String::as_str).collect();
             known.sort_unstable();

@@ -25,7 +25,8 @@ const MAX_PARTNER_UUID: usize = 256;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeEvent<'a> {
-    #[serde(borrow)]
+    /// Required at the intake; optional in batch files (the batch names its destination).
+    #[serde(borrow, default)]
     pub destination: Cow<'a, str>,
     /// Audience Manager's user id (digits).
     #[serde(borrow)]
@@ -106,20 +107,90 @@ pub fn parse_iris_date(s: &str) -> Result<Timestamp, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Validates an intake event and renders its `Users` entry. `now` stands in for absent times.
-pub fn render_user(ev: &IntakeEvent<'_>, now: Timestamp) -> Result<UserRecord, FieldError> {
-    if !is_digits(&ev.aam_uuid, MAX_ID_DIGITS) {
+/// Checks a user's ids (the same rules for intake events and batch rows).
+pub fn check_user_ids(aam_uuid: &str, data_partner_uuid: &str) -> Result<(), FieldError> {
+    if !is_digits(aam_uuid, MAX_ID_DIGITS) {
         return Err(field_err(
             "aam_uuid",
             format!("must be 1 to {MAX_ID_DIGITS} decimal digits"),
         ));
     }
-    if ev.data_partner_uuid.len() > MAX_PARTNER_UUID {
+    if data_partner_uuid.len() > MAX_PARTNER_UUID {
         return Err(field_err(
             "data_partner_uuid",
             format!("longer than {MAX_PARTNER_UUID} bytes"),
         ));
     }
+    Ok(())
+}
+
+/// Validates one segment change and appends its JSON object to `out`. `index` is the
+/// segment's position in an event's `segments` (named in errors as `segments[i].field`);
+/// `now` stands in for an absent time.
+pub fn render_segment(
+    segment_id: &str,
+    status: &str,
+    time: Option<&str>,
+    now: Timestamp,
+    index: Option<usize>,
+    out: &mut Vec<u8>,
+) -> Result<(), FieldError> {
+    // Only formatted on the error path: this runs for every segment at intake.
+    let field = |name: &str| match index {
+        Some(i) => format!("segments[{i}].{name}"),
+        None => name.to_string(),
+    };
+    if !is_digits(segment_id, 20) {
+        return Err(field_err(
+            field("segment_id"),
+            "must be 1 to 20 decimal digits",
+        ));
+    }
+    if status != "0" && status != "1" {
+        return Err(field_err(
+            field("status"),
+            "must be \"1\" (qualified) or \"0\" (disqualified)",
+        ));
+    }
+    let ts = match time {
+        Some(t) => t.parse::<Timestamp>().map_err(|e| {
+            field_err(
+                field("time"),
+                format!("not an RFC 3339 time like 2016-07-27T16:17:22Z: {e}"),
+            )
+        })?,
+        None => now,
+    };
+    out.extend_from_slice(b"{\"Segment_ID\":\"");
+    out.extend_from_slice(segment_id.as_bytes());
+    out.extend_from_slice(b"\",\"Status\":\"");
+    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(b"\",\"DateTime\":\"");
+    out.extend_from_slice(iris_date(ts).as_bytes());
+    out.extend_from_slice(b"\"}");
+    Ok(())
+}
+
+/// A `Users` entry from its ids and already rendered, comma-separated segment objects.
+pub fn render_user_entry(
+    aam_uuid: &str,
+    data_partner_uuid: &str,
+    segments_json: &[u8],
+) -> UserRecord {
+    let mut out = Vec::with_capacity(64 + data_partner_uuid.len() + segments_json.len());
+    out.extend_from_slice(b"{\"AAM_UUID\":\"");
+    out.extend_from_slice(aam_uuid.as_bytes());
+    out.extend_from_slice(b"\",\"DataPartner_UUID\":");
+    write_json_str(&mut out, data_partner_uuid);
+    out.extend_from_slice(b",\"Segments\":[");
+    out.extend_from_slice(segments_json);
+    out.extend_from_slice(b"]}");
+    UserRecord::new(Bytes::from(out))
+}
+
+/// Validates an intake event and renders its `Users` entry. `now` stands in for absent times.
+pub fn render_user(ev: &IntakeEvent<'_>, now: Timestamp) -> Result<UserRecord, FieldError> {
+    check_user_ids(&ev.aam_uuid, &ev.data_partner_uuid)?;
     if ev.segments.is_empty() {
         return Err(field_err("segments", "must list at least one segment"));
     }
@@ -129,47 +200,25 @@ pub fn render_user(ev: &IntakeEvent<'_>, now: Timestamp) -> Result<UserRecord, F
             format!("more than {MAX_SEGMENTS_PER_EVENT} segments"),
         ));
     }
-    let mut out = Vec::with_capacity(64 + ev.data_partner_uuid.len() + ev.segments.len() * 80);
-    out.extend_from_slice(b"{\"AAM_UUID\":\"");
-    out.extend_from_slice(ev.aam_uuid.as_bytes());
-    out.extend_from_slice(b"\",\"DataPartner_UUID\":");
-    write_json_str(&mut out, &ev.data_partner_uuid);
-    out.extend_from_slice(b",\"Segments\":[");
+    let mut segments = Vec::with_capacity(ev.segments.len() * 80);
     for (i, seg) in ev.segments.iter().enumerate() {
-        if !is_digits(&seg.segment_id, 20) {
-            return Err(field_err(
-                format!("segments[{i}].segment_id"),
-                "must be 1 to 20 decimal digits",
-            ));
-        }
-        if seg.status != "0" && seg.status != "1" {
-            return Err(field_err(
-                format!("segments[{i}].status"),
-                "must be \"1\" (qualified) or \"0\" (disqualified)",
-            ));
-        }
-        let ts = match &seg.time {
-            Some(t) => t.parse::<Timestamp>().map_err(|e| {
-                field_err(
-                    format!("segments[{i}].time"),
-                    format!("not an RFC 3339 time like 2016-07-27T16:17:22Z: {e}"),
-                )
-            })?,
-            None => now,
-        };
         if i > 0 {
-            out.push(b',');
+            segments.push(b',');
         }
-        out.extend_from_slice(b"{\"Segment_ID\":\"");
-        out.extend_from_slice(seg.segment_id.as_bytes());
-        out.extend_from_slice(b"\",\"Status\":\"");
-        out.extend_from_slice(seg.status.as_bytes());
-        out.extend_from_slice(b"\",\"DateTime\":\"");
-        out.extend_from_slice(iris_date(ts).as_bytes());
-        out.extend_from_slice(b"\"}");
+        render_segment(
+            &seg.segment_id,
+            &seg.status,
+            seg.time.as_deref(),
+            now,
+            Some(i),
+            &mut segments,
+        )?;
     }
-    out.extend_from_slice(b"]}");
-    Ok(UserRecord::new(Bytes::from(out)))
+    Ok(render_user_entry(
+        &ev.aam_uuid,
+        &ev.data_partner_uuid,
+        &segments,
+    ))
 }
 
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
