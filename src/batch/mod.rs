@@ -4,3 +4,4 @@
 //! chunk. [`reader`] parses files (pure over a byte stream).
 
 pub mod reader;
+pub mod schedule;
