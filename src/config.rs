@@ -129,6 +129,69 @@ struct RawDestination {
     retry: RawRetry,
     #[serde(default)]
     tls: RawTls,
+    batch: Option<RawBatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    input: Option<Spanned<String>>,
+    daily_at: Option<Spanned<String>>,
+    cron: Option<Spanned<String>>,
+    #[serde(default = "default_time_zone")]
+    time_zone: Spanned<String>,
+    #[serde(default = "default_batch_max_users")]
+    max_users: Spanned<usize>,
+    #[serde(default = "default_batch_max_bytes")]
+    max_bytes: Spanned<usize>,
+    #[serde(default)]
+    requests_per_second: u32,
+    #[serde(default)]
+    users_per_second: u32,
+    #[serde(default = "default_batch_in_flight")]
+    max_in_flight: Spanned<usize>,
+    #[serde(default = "default_chunk_users")]
+    chunk_users: Spanned<usize>,
+    #[serde(default)]
+    move_done: bool,
+}
+
+fn default_time_zone() -> Spanned<String> {
+    Spanned::new(0..0, "UTC".to_string())
+}
+fn default_batch_max_users() -> Spanned<usize> {
+    Spanned::new(0..0, 1000)
+}
+fn default_batch_max_bytes() -> Spanned<usize> {
+    Spanned::new(0..0, 4 * 1024 * 1024)
+}
+fn default_batch_in_flight() -> Spanned<usize> {
+    Spanned::new(0..0, 4)
+}
+fn default_chunk_users() -> Spanned<usize> {
+    Spanned::new(0..0, 10_000)
+}
+
+/// `[destination.batch]`: daily (or cron-scheduled) delivery of onboarded data files.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Glob of input files (`/data/partner-a/*.csv.gz`); `None`: files only on the command line.
+    pub input: Option<String>,
+    /// When to run; `None`: on demand only (`irisd batch run`).
+    pub schedule: Option<crate::batch::schedule::Schedule>,
+    /// Users per request (batch traffic).
+    pub max_users: usize,
+    /// Uncompressed bytes per request.
+    pub max_bytes: usize,
+    /// Rate limits for batch traffic; `None` = unlimited.
+    pub requests_per_second: Option<std::num::NonZeroU32>,
+    pub users_per_second: Option<std::num::NonZeroU32>,
+    /// Batch requests in flight at once.
+    pub max_in_flight: usize,
+    /// Users per checkpoint: a crash resends at most this many.
+    pub chunk_users: usize,
+    /// Move finished files into a `done/` folder next to them.
+    pub move_done: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +309,7 @@ pub struct Destination {
     pub publish: PublishConfig,
     pub retry: RetryPolicy,
     pub tls: TlsConfig,
+    pub batch: Option<BatchConfig>,
 }
 
 /// Delivery behaviour preset.
@@ -596,7 +660,13 @@ impl Destination {
             None => None,
         };
 
+        let batch = match &d.batch {
+            Some(b) => Some(ctx.batch(key, b)?),
+            None => None,
+        };
+
         Ok(Destination {
+            batch,
             name,
             destination_id,
             user_dpid,
@@ -642,6 +712,63 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn batch(&self, key: &str, b: &RawBatch) -> Result<BatchConfig, ConfigError> {
+        let k = |f: &str| format!("{key}.batch.{f}");
+        let schedule = match (&b.daily_at, &b.cron) {
+            (None, None) => None,
+            (daily, cron) => {
+                let span = daily.as_ref().or(cron.as_ref()).map(|s| s.span()).unwrap_or(0..0);
+                Some(
+                    crate::batch::schedule::Schedule::parse(
+                        daily.as_ref().map(|s| s.get_ref().as_str()),
+                        cron.as_ref().map(|s| s.get_ref().as_str()),
+                        b.time_zone.get_ref(),
+                    )
+                    .map_err(|e| {
+                        let which = if e.contains("time zone") { "time_zone" } else if daily.is_some() { "daily_at" } else { "cron" };
+                        self.invalid(if which == "time_zone" { b.time_zone.span() } else { span.clone() }, &k(which), &e)
+                    })?,
+                )
+            }
+        };
+        let input = match &b.input {
+            Some(g) => {
+                let path = self.relative(Path::new(g.get_ref()));
+                let pattern = path.to_string_lossy().into_owned();
+                glob::Pattern::new(&pattern)
+                    .map_err(|e| self.invalid(g.span(), &k("input"), &format!("{pattern:?} is not a valid glob: {e}")))?;
+                Some(pattern)
+            }
+            None => None,
+        };
+        if schedule.is_some() && input.is_none() {
+            return Err(self.invalid(
+                b.daily_at.as_ref().or(b.cron.as_ref()).map(|s| s.span()).unwrap_or(0..0),
+                &k("input"),
+                "a scheduled batch needs input (a glob of the files to deliver)",
+            ));
+        }
+        let positive = |v: &Spanned<usize>, f: &str, max: usize| {
+            let n = *v.get_ref();
+            if n == 0 || n > max {
+                Err(self.invalid(v.span(), &k(f), &format!("must be between 1 and {max}, got {n}")))
+            } else {
+                Ok(n)
+            }
+        };
+        Ok(BatchConfig {
+            input,
+            schedule,
+            max_users: positive(&b.max_users, "max_users", 100_000)?,
+            max_bytes: positive(&b.max_bytes, "max_bytes", 256 * 1024 * 1024)?.max(1024),
+            requests_per_second: std::num::NonZeroU32::new(b.requests_per_second),
+            users_per_second: std::num::NonZeroU32::new(b.users_per_second),
+            max_in_flight: positive(&b.max_in_flight, "max_in_flight", 1024)?,
+            chunk_users: positive(&b.chunk_users, "chunk_users", 10_000_000)?,
+            move_done: b.move_done,
+        })
+    }
+
     fn spool(&self, raw: &RawSpool) -> Result<SpoolConfig, ConfigError> {
         for (v, key) in [
             (&raw.max_bytes, "spool.max_bytes"),

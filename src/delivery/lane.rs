@@ -17,7 +17,7 @@
 //! Shutdown has two steps: `Draining` (stop when caught up, keep delivering until then) and
 //! `Stop` (abandon backoffs; unacked events simply stay in the spool for the next start).
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,25 +26,17 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::batcher::Batcher;
-use super::retry::{retry_delay, Class};
-use super::sender::{Outcome, Sender};
+use super::resolve::{Circuit, Resolution, Resolver};
+use super::sender::Sender;
 use crate::config::RetryPolicy;
 use crate::metrics::DestinationMetrics;
 use crate::payload::UserRecord;
-use crate::spool::{now_ms, DeadLetterInfo, Spool, SpoolError, SpoolReader};
+use crate::spool::{now_ms, Spool, SpoolError, SpoolReader};
 
 /// How long an idle lane waits before looking at the spool again on its own.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// The daemon's run state, as lanes see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    Running,
-    /// Deliver what is spooled, then stop.
-    Draining,
-    /// Stop now; what is not acknowledged stays in the spool.
-    Stop,
-}
+pub use super::resolve::RunState;
 
 /// Lane settings.
 #[derive(Debug, Clone)]
@@ -67,81 +59,6 @@ pub struct LaneHandle {
     pub metrics: Arc<DestinationMetrics>,
     /// Largest user record a payload can carry.
     pub max_record_bytes: usize,
-}
-
-/// Consecutive-failure circuit of one lane. Closed: attempts go out freely. Open (after
-/// `threshold` consecutive failures): one attempt at a time passes the gate, and the next may
-/// not start before a backoff after the last failed probe; the first success closes it.
-struct Circuit {
-    failures: AtomicU32,
-    threshold: u32,
-    /// Held by the current probe; holds when the next probe may start.
-    gate: tokio::sync::Mutex<Option<Instant>>,
-    initial: Duration,
-    max_delay: Duration,
-}
-
-impl Circuit {
-    fn new(retry: &RetryPolicy) -> Self {
-        Self {
-            failures: AtomicU32::new(0),
-            threshold: retry.circuit_threshold,
-            gate: tokio::sync::Mutex::new(None),
-            initial: retry.initial,
-            max_delay: retry.max_delay,
-        }
-    }
-
-    /// Waits for this attempt's turn: at once while closed, else for the gate and its time.
-    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, Option<Instant>>> {
-        if self.failures.load(Relaxed) < self.threshold {
-            return None;
-        }
-        let gate = self.gate.lock().await;
-        if let Some(at) = *gate {
-            tokio::time::sleep_until(at).await;
-        }
-        Some(gate)
-    }
-
-    fn success(
-        &self,
-        destination: &str,
-        gate: Option<tokio::sync::MutexGuard<'_, Option<Instant>>>,
-    ) {
-        if let Some(mut g) = gate {
-            *g = None;
-        }
-        if self.failures.swap(0, Relaxed) >= self.threshold {
-            tracing::info!(destination, "partner answers again; circuit closed");
-        }
-    }
-
-    fn failure(
-        &self,
-        destination: &str,
-        gate: Option<tokio::sync::MutexGuard<'_, Option<Instant>>>,
-    ) {
-        let n = self.failures.fetch_add(1, Relaxed) + 1;
-        if n == self.threshold {
-            tracing::warn!(
-                destination,
-                failures = n,
-                "partner keeps failing; circuit open, sending one probe at a time"
-            );
-        }
-        if let Some(mut g) = gate {
-            // Equal jitter: the gap between probes never collapses to zero.
-            let delay = retry_delay(
-                n - self.threshold + 1,
-                self.initial,
-                self.max_delay,
-                None,
-                1.0,
-            );
-            *g = Some(Instant::now() + delay / 2 + delay.mul_f64(fastrand::f64() / 2.0));
-        }
-    }
 }
 
 struct Lane {
@@ -271,136 +188,47 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Resolves when the run state is `target` (or the daemon is gone).
-async fn wait_for(state: &mut watch::Receiver<RunState>, target: RunState) {
-    let _ = state.wait_for(|s| *s == target).await;
-}
+use super::resolve::wait_for;
 
 /// Delivers one batch until it is acknowledged, dead-lettered, or the daemon stops.
 async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver<RunState>) {
     let ids: Vec<u64> = batch.iter().map(|u| u.id).collect();
     let bytes: u64 = batch.iter().map(|u| u.json.len() as u64).sum();
-    let oldest_ms = batch
-        .iter()
-        .map(|u| u.accepted_at_ms)
-        .min()
-        .unwrap_or_else(now_ms);
+    let oldest_ms = batch.iter().map(|u| u.accepted_at_ms).min().unwrap_or_else(now_ms);
     // Stable across retries of this batch: its first and last event ids.
     let request_id = format!("{:016x}{:016x}", ids[0], ids[ids.len() - 1]);
-    let req = lane
-        .sender
-        .builder()
-        .build(&batch, jiff::Timestamp::now(), request_id);
+    let req = lane.sender.builder().build(&batch, jiff::Timestamp::now(), request_id);
     drop(batch);
     let users = ids.len() as u64;
     let m = &lane.metrics;
     m.bytes_raw.fetch_add(req.raw_len as u64, Relaxed);
-    let first_attempt_ms = now_ms();
-    let mut attempt = 0u32;
-    let finish = |m: &DestinationMetrics| m.in_flight_users.fetch_sub(users, Relaxed);
-    loop {
-        let gate = lane.circuit.turn().await;
-        attempt += 1;
-        let outcome = lane.sender.send(&req).await;
-        let (class, status, detail, retry_after) = match outcome {
-            Outcome::Delivered { .. } => {
-                lane.circuit.success(&lane.name, gate);
-                lane.spool.ack(lane.name.clone(), ids, bytes);
-                m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
-                m.requests_ok.fetch_add(1, Relaxed);
-                m.delivered_users.fetch_add(users, Relaxed);
-                finish(m);
-                return;
+    let ctx = Resolver {
+        sender: &lane.sender,
+        retry: &lane.opts.retry,
+        retry_permanent: lane.opts.retry_permanent,
+        circuit: &lane.circuit,
+        metrics: m,
+    };
+    match ctx.resolve(&req, oldest_ms, &mut state).await {
+        Resolution::Delivered => {
+            lane.spool.ack(lane.name.clone(), ids, bytes);
+            m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
+            m.requests_ok.fetch_add(1, Relaxed);
+            m.delivered_users.fetch_add(users, Relaxed);
+        }
+        Resolution::Dead(info) => match lane.spool.dead_letter(lane.name.clone(), ids, bytes, info).await {
+            Ok(()) => {
+                m.dead_lettered_users.fetch_add(users, Relaxed);
+                m.failed_users.fetch_add(users, Relaxed);
             }
-            Outcome::Failed {
-                class,
-                status,
-                detail,
-                retry_after,
-            } => (class, status, detail, retry_after),
-        };
-        m.requests_failed.fetch_add(1, Relaxed);
-        lane.circuit.failure(&lane.name, gate);
-        let permanent = class == Class::Permanent && !lane.opts.retry_permanent;
-        let exhausted = lane
-            .opts
-            .retry
-            .max_attempts
-            .is_some_and(|max| attempt >= max);
-        let age = Duration::from_millis((now_ms() - oldest_ms).max(0) as u64);
-        let too_old = age >= lane.opts.retry.max_age;
-        if permanent || exhausted || too_old {
-            let reason = if permanent {
-                detail
-            } else if exhausted {
-                format!("gave up after {attempt} attempts (retry.max_attempts): {detail}")
-            } else {
-                format!(
-                    "older than retry.max_age ({} s): {detail}",
-                    lane.opts.retry.max_age.as_secs()
-                )
-            };
-            tracing::warn!(
+            Err(e) => tracing::error!(
                 destination = %lane.name,
-                request_id = %req.request_id,
-                users,
-                status,
-                attempts = attempt,
-                %reason,
-                "dead-lettering the batch"
-            );
-            let info = DeadLetterInfo {
-                reason,
-                status,
-                attempts: attempt,
-                first_attempt_ms,
-                last_attempt_ms: now_ms(),
-                request_id: req.request_id.clone(),
-            };
-            match lane
-                .spool
-                .dead_letter(lane.name.clone(), ids, bytes, info)
-                .await
-            {
-                Ok(()) => {
-                    m.dead_lettered_users.fetch_add(users, Relaxed);
-                    m.failed_users.fetch_add(users, Relaxed);
-                }
-                Err(e) => tracing::error!(
-                    destination = %lane.name,
-                    error = %e,
-                    "cannot write the dead letters; the events stay in the spool and are retried after a restart"
-                ),
-            }
-            finish(m);
-            return;
-        }
-        m.retries.fetch_add(1, Relaxed);
-        let delay = retry_delay(
-            attempt,
-            lane.opts.retry.initial,
-            lane.opts.retry.max_delay,
-            retry_after,
-            fastrand::f64(),
-        );
-        tracing::warn!(
-            destination = %lane.name,
-            request_id = %req.request_id,
-            users,
-            status,
-            ?class,
-            attempt,
-            retry_in_ms = delay.as_millis() as u64,
-            %detail,
-            "publish failed; will retry"
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = wait_for(&mut state, RunState::Stop) => {
-                // Not acknowledged: the events stay in the spool for the next start.
-                finish(m);
-                return;
-            }
-        }
+                error = %e,
+                "cannot write the dead letters; the events stay in the spool and are retried after a restart"
+            ),
+        },
+        // Not acknowledged: the events stay in the spool for the next start.
+        Resolution::Abandoned => {}
     }
+    m.in_flight_users.fetch_sub(users, Relaxed);
 }

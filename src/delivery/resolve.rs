@@ -1,0 +1,212 @@
+//! Resolving one publish request: attempts, retries and the verdict, shared by real-time lanes
+//! and batch runs so both follow exactly the same rules.
+//!
+//! A request is sent until the partner accepts it ([`Resolution::Delivered`]), or it must be
+//! given up ([`Resolution::Dead`]: a permanent answer, attempts used up, or events older than
+//! `max_age`), or the daemon stops during a backoff ([`Resolution::Abandoned`]: the source keeps
+//! the events). Between attempts: exponential backoff with full jitter, never sooner than the
+//! partner's `Retry-After`. The destination's [`Circuit`] opens after consecutive failures and
+//! then lets one probe through at a time, spaced by a growing backoff.
+
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::request::PreparedRequest;
+use super::retry::{retry_delay, Class};
+use super::sender::{Outcome, Sender};
+use crate::config::RetryPolicy;
+use crate::metrics::DestinationMetrics;
+use crate::spool::{now_ms, DeadLetterInfo};
+
+/// The daemon's run state, as delivery sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    /// Deliver what is spooled, then stop.
+    Draining,
+    /// Stop now; what is not acknowledged stays with its source.
+    Stop,
+}
+
+/// Resolves when the run state is `target` (or the daemon is gone).
+pub async fn wait_for(state: &mut watch::Receiver<RunState>, target: RunState) {
+    let _ = state.wait_for(|s| *s == target).await;
+}
+
+/// How a request ended.
+#[derive(Debug)]
+pub enum Resolution {
+    Delivered,
+    /// Give up: store it as a dead letter with this information.
+    Dead(DeadLetterInfo),
+    /// The daemon is stopping; the request was not acknowledged.
+    Abandoned,
+}
+
+/// Consecutive-failure circuit of one lane. Closed: attempts go out freely. Open (after
+/// `threshold` consecutive failures): one attempt at a time passes the gate, and the next may
+/// not start before a backoff after the last failed probe; the first success closes it.
+pub struct Circuit {
+    failures: AtomicU32,
+    threshold: u32,
+    /// Held by the current probe; holds when the next probe may start.
+    gate: tokio::sync::Mutex<Option<Instant>>,
+    initial: Duration,
+    max_delay: Duration,
+}
+
+impl Circuit {
+    pub fn new(retry: &RetryPolicy) -> Self {
+        Self {
+            failures: AtomicU32::new(0),
+            threshold: retry.circuit_threshold,
+            gate: tokio::sync::Mutex::new(None),
+            initial: retry.initial,
+            max_delay: retry.max_delay,
+        }
+    }
+
+    /// Waits for this attempt's turn: at once while closed, else for the gate and its time.
+    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, Option<Instant>>> {
+        if self.failures.load(Relaxed) < self.threshold {
+            return None;
+        }
+        let gate = self.gate.lock().await;
+        if let Some(at) = *gate {
+            tokio::time::sleep_until(at).await;
+        }
+        Some(gate)
+    }
+
+    fn success(
+        &self,
+        destination: &str,
+        gate: Option<tokio::sync::MutexGuard<'_, Option<Instant>>>,
+    ) {
+        if let Some(mut g) = gate {
+            *g = None;
+        }
+        if self.failures.swap(0, Relaxed) >= self.threshold {
+            tracing::info!(destination, "partner answers again; circuit closed");
+        }
+    }
+
+    fn failure(
+        &self,
+        destination: &str,
+        gate: Option<tokio::sync::MutexGuard<'_, Option<Instant>>>,
+    ) {
+        let n = self.failures.fetch_add(1, Relaxed) + 1;
+        if n == self.threshold {
+            tracing::warn!(
+                destination,
+                failures = n,
+                "partner keeps failing; circuit open, sending one probe at a time"
+            );
+        }
+        if let Some(mut g) = gate {
+            // Equal jitter: the gap between probes never collapses to zero.
+            let delay = retry_delay(
+                n - self.threshold + 1,
+                self.initial,
+                self.max_delay,
+                None,
+                1.0,
+            );
+            *g = Some(Instant::now() + delay / 2 + delay.mul_f64(fastrand::f64() / 2.0));
+        }
+    }
+}
+
+/// Everything needed to resolve requests of one destination.
+pub struct Resolver<'a> {
+    pub sender: &'a Sender,
+    pub retry: &'a RetryPolicy,
+    /// IRIS profile: every failure is retried (within `max_attempts`), none is final at once.
+    pub retry_permanent: bool,
+    pub circuit: &'a Circuit,
+    pub metrics: &'a DestinationMetrics,
+}
+
+impl Resolver<'_> {
+    /// Sends `req` until it resolves. `oldest_ms` is when its oldest event was accepted.
+    pub async fn resolve(
+        &self,
+        req: &PreparedRequest,
+        oldest_ms: i64,
+        state: &mut watch::Receiver<RunState>,
+    ) -> Resolution {
+        let name = self.sender.destination.as_str();
+        let users = req.users;
+        let first_attempt_ms = now_ms();
+        let mut attempt = 0u32;
+        loop {
+            let gate = self.circuit.turn().await;
+            attempt += 1;
+            let (class, status, detail, retry_after) = match self.sender.send(req).await {
+                Outcome::Delivered { .. } => {
+                    self.circuit.success(name, gate);
+                    return Resolution::Delivered;
+                }
+                Outcome::Failed {
+                    class,
+                    status,
+                    detail,
+                    retry_after,
+                } => (class, status, detail, retry_after),
+            };
+            self.metrics.requests_failed.fetch_add(1, Relaxed);
+            self.circuit.failure(name, gate);
+            let permanent = class == Class::Permanent && !self.retry_permanent;
+            let exhausted = self.retry.max_attempts.is_some_and(|max| attempt >= max);
+            let age = Duration::from_millis((now_ms() - oldest_ms).max(0) as u64);
+            let too_old = age >= self.retry.max_age;
+            if permanent || exhausted || too_old {
+                let reason = if permanent {
+                    detail
+                } else if exhausted {
+                    format!("gave up after {attempt} attempts (retry.max_attempts): {detail}")
+                } else {
+                    format!("older than retry.max_age ({} s): {detail}", self.retry.max_age.as_secs())
+                };
+                tracing::warn!(
+                    destination = name,
+                    request_id = %req.request_id,
+                    users,
+                    status,
+                    attempts = attempt,
+                    %reason,
+                    "dead-lettering the batch"
+                );
+                return Resolution::Dead(DeadLetterInfo {
+                    reason,
+                    status,
+                    attempts: attempt,
+                    first_attempt_ms,
+                    last_attempt_ms: now_ms(),
+                    request_id: req.request_id.clone(),
+                });
+            }
+            self.metrics.retries.fetch_add(1, Relaxed);
+            let delay = retry_delay(attempt, self.retry.initial, self.retry.max_delay, retry_after, fastrand::f64());
+            tracing::warn!(
+                destination = name,
+                request_id = %req.request_id,
+                users,
+                status,
+                ?class,
+                attempt,
+                retry_in_ms = delay.as_millis() as u64,
+                %detail,
+                "publish failed; will retry"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = wait_for(state, RunState::Stop) => return Resolution::Abandoned,
+            }
+        }
+    }
+}
