@@ -194,6 +194,23 @@ pub struct BatchConfig {
     pub move_done: bool,
 }
 
+impl Default for BatchConfig {
+    /// On demand only, the documented defaults.
+    fn default() -> Self {
+        Self {
+            input: None,
+            schedule: None,
+            max_users: 1000,
+            max_bytes: 4 * 1024 * 1024,
+            requests_per_second: None,
+            users_per_second: None,
+            max_in_flight: 4,
+            chunk_users: 10_000,
+            move_done: false,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
@@ -717,7 +734,11 @@ impl Ctx<'_> {
         let schedule = match (&b.daily_at, &b.cron) {
             (None, None) => None,
             (daily, cron) => {
-                let span = daily.as_ref().or(cron.as_ref()).map(|s| s.span()).unwrap_or(0..0);
+                let span = daily
+                    .as_ref()
+                    .or(cron.as_ref())
+                    .map(|s| s.span())
+                    .unwrap_or(0..0);
                 Some(
                     crate::batch::schedule::Schedule::parse(
                         daily.as_ref().map(|s| s.get_ref().as_str()),
@@ -725,8 +746,22 @@ impl Ctx<'_> {
                         b.time_zone.get_ref(),
                     )
                     .map_err(|e| {
-                        let which = if e.contains("time zone") { "time_zone" } else if daily.is_some() { "daily_at" } else { "cron" };
-                        self.invalid(if which == "time_zone" { b.time_zone.span() } else { span.clone() }, &k(which), &e)
+                        let which = if e.contains("time zone") {
+                            "time_zone"
+                        } else if daily.is_some() {
+                            "daily_at"
+                        } else {
+                            "cron"
+                        };
+                        self.invalid(
+                            if which == "time_zone" {
+                                b.time_zone.span()
+                            } else {
+                                span.clone()
+                            },
+                            &k(which),
+                            &e,
+                        )
                     })?,
                 )
             }
@@ -735,15 +770,24 @@ impl Ctx<'_> {
             Some(g) => {
                 let path = self.relative(Path::new(g.get_ref()));
                 let pattern = path.to_string_lossy().into_owned();
-                glob::Pattern::new(&pattern)
-                    .map_err(|e| self.invalid(g.span(), &k("input"), &format!("{pattern:?} is not a valid glob: {e}")))?;
+                glob::Pattern::new(&pattern).map_err(|e| {
+                    self.invalid(
+                        g.span(),
+                        &k("input"),
+                        &format!("{pattern:?} is not a valid glob: {e}"),
+                    )
+                })?;
                 Some(pattern)
             }
             None => None,
         };
         if schedule.is_some() && input.is_none() {
             return Err(self.invalid(
-                b.daily_at.as_ref().or(b.cron.as_ref()).map(|s| s.span()).unwrap_or(0..0),
+                b.daily_at
+                    .as_ref()
+                    .or(b.cron.as_ref())
+                    .map(|s| s.span())
+                    .unwrap_or(0..0),
                 &k("input"),
                 "a scheduled batch needs input (a glob of the files to deliver)",
             ));
@@ -751,7 +795,11 @@ impl Ctx<'_> {
         let positive = |v: &Spanned<usize>, f: &str, max: usize| {
             let n = *v.get_ref();
             if n == 0 || n > max {
-                Err(self.invalid(v.span(), &k(f), &format!("must be between 1 and {max}, got {n}")))
+                Err(self.invalid(
+                    v.span(),
+                    &k(f),
+                    &format!("must be between 1 and {max}, got {n}"),
+                ))
             } else {
                 Ok(n)
             }

@@ -177,11 +177,11 @@ async fn join_all(handles: &mut [JoinHandle<()>]) {
     }
 }
 
-fn start_destination(
+/// The HTTPS client, token cache and sender of one destination.
+pub fn build_sender(
     d: &Destination,
-    spool: &Arc<Spool>,
-    state: watch::Receiver<RunState>,
-) -> Result<(lane::LaneHandle, JoinHandle<()>, DestinationRuntime), StartError> {
+    metrics: Arc<DestinationMetrics>,
+) -> Result<(Arc<Sender>, Arc<TokenCache>), StartError> {
     let http = HttpClient::new(&ClientOptions {
         ca_file: d.tls.ca_file.as_deref(),
         connect_timeout: d.publish.connect_timeout,
@@ -194,7 +194,6 @@ fn start_destination(
     let user_agent = HeaderValue::from_str(&d.user_agent).map_err(|_| StartError::UserAgent {
         destination: d.name.clone(),
     })?;
-    let metrics = Arc::new(DestinationMetrics::default());
     let token_client = TokenClient::new(
         http.clone(),
         d.auth.token_url.clone(),
@@ -229,8 +228,18 @@ fn start_destination(
         SuccessPolicy {
             statuses: d.publish.success_status.clone(),
         },
-        metrics.clone(),
+        metrics,
     ));
+    Ok((sender, tokens))
+}
+
+fn start_destination(
+    d: &Destination,
+    spool: &Arc<Spool>,
+    state: watch::Receiver<RunState>,
+) -> Result<(lane::LaneHandle, JoinHandle<()>, DestinationRuntime), StartError> {
+    let metrics = Arc::new(DestinationMetrics::default());
+    let (sender, tokens) = build_sender(d, metrics.clone())?;
     let (handle, task) = lane::spawn(
         sender,
         LaneOptions {

@@ -82,6 +82,29 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Batch delivery of onboarded data files.
+    Batch {
+        #[command(subcommand)]
+        action: BatchAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum BatchAction {
+    /// Deliver batch files now (CSV or NDJSON, optionally .gz). Resumes files a previous run
+    /// left unfinished; skips files already delivered. Prints a JSON report at the end.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The destination to deliver to.
+        #[arg(long)]
+        destination: String,
+        /// Where to write the JSON run report [default: irisd-batch-<destination>-<time>.json].
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Files to deliver [default: the destination's batch.input matches].
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,7 +202,60 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { action } => dlq(action),
+        Command::Batch {
+            action:
+                BatchAction::Run {
+                    config,
+                    destination,
+                    report,
+                    files,
+                },
+        } => batch_run(config, destination, report, files).await,
     }
+}
+
+async fn batch_run(
+    config: PathBuf,
+    destination: String,
+    report_path: Option<PathBuf>,
+    files: Vec<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&config)?;
+    let (state_tx, state) =
+        tokio::sync::watch::channel(irisd::delivery::resolve::RunState::Running);
+    tokio::spawn(async move {
+        if shutdown_signal().await.is_ok() {
+            tracing::warn!("stopping: the file in progress resumes after its last acknowledged chunk next time");
+            let _ = state_tx.send(irisd::delivery::resolve::RunState::Stop);
+        }
+    });
+    let report = irisd::batch::run_now(&config, &destination, files, state).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    let path = report_path.unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "irisd-batch-{destination}-{}.json",
+            jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+        ))
+    });
+    std::fs::write(&path, &json)
+        .with_context(|| format!("writing the report to {}", path.display()))?;
+    println!("{json}");
+    eprintln!(
+        "batch {}: {} users in {} requests, {} rejects, {} dead-lettered, {:.1} s ({:.0} users/s); report {}",
+        if report.complete() { "complete" } else { "INCOMPLETE" },
+        report.users,
+        report.requests,
+        report.rejects,
+        report.dead_lettered,
+        report.duration_s,
+        report.users_per_sec,
+        path.display()
+    );
+    Ok(if report.complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {

@@ -147,7 +147,13 @@ pub fn open_connection(path: &Path) -> Result<Connection, SpoolError> {
                  dest TEXT NOT NULL, id INTEGER NOT NULL, accepted_at INTEGER NOT NULL, body BLOB NOT NULL,
                  reason TEXT NOT NULL, status INTEGER, attempts INTEGER NOT NULL,
                  first_attempt_at INTEGER NOT NULL, last_attempt_at INTEGER NOT NULL, request_id TEXT NOT NULL,
-                 PRIMARY KEY (dest, id)) WITHOUT ROWID;",
+                 PRIMARY KEY (dest, id)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS batch_files (
+                 path TEXT PRIMARY KEY, dest TEXT NOT NULL, size INTEGER NOT NULL, mtime_ms INTEGER NOT NULL,
+                 fingerprint BLOB NOT NULL, offset INTEGER NOT NULL, line INTEGER NOT NULL,
+                 users INTEGER NOT NULL, segments INTEGER NOT NULL, requests INTEGER NOT NULL,
+                 rejects INTEGER NOT NULL, rejects_len INTEGER NOT NULL, dead_lettered INTEGER NOT NULL,
+                 status TEXT NOT NULL, error TEXT, started_at INTEGER NOT NULL, finished_at INTEGER) WITHOUT ROWID;",
         )?;
         let schema: i64 =
             conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
@@ -585,6 +591,15 @@ impl DeadLetterStore {
                 "no spool file here (has the daemon run with this config?)",
             ));
         }
+        Self::open_or_create(path)
+    }
+
+    /// Opens the spool file, creating it if needed (batch runs may come before the daemon).
+    pub fn open_or_create(path: &Path) -> Result<Self, SpoolError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| store_err(path, format!("cannot create its directory: {e}")))?;
+        }
         Ok(Self {
             conn: open_connection(path)?,
             path: path.to_owned(),
@@ -593,6 +608,15 @@ impl DeadLetterStore {
 
     fn err(&self, e: rusqlite::Error) -> SpoolError {
         store_err(&self.path, e)
+    }
+
+    /// The connection, for other tables in the same file (batch checkpoints).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Dead letters, oldest first, optionally of one destination.
@@ -681,6 +705,58 @@ impl DeadLetterStore {
         .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(rows.len())
+    }
+
+    /// Stores events that never were in the spool (a batch chunk given up) as dead letters,
+    /// durably. Returns their new ids.
+    pub fn add(
+        &mut self,
+        destination: &str,
+        bodies: &[Bytes],
+        accepted_at_ms: i64,
+        info: &DeadLetterInfo,
+    ) -> Result<Vec<u64>, SpoolError> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| store_err(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut next_id: i64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
+                r.get(0)
+            })
+            .map_err(err)?;
+        let mut ids = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            tx.execute(
+                "INSERT INTO dead_letters
+                   (dest, id, accepted_at, body, reason, status, attempts, first_attempt_at, last_attempt_at, request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    destination,
+                    next_id,
+                    accepted_at_ms,
+                    body.as_ref(),
+                    info.reason,
+                    info.status,
+                    info.attempts,
+                    info.first_attempt_ms,
+                    info.last_attempt_ms,
+                    info.request_id
+                ],
+            )
+            .map_err(err)?;
+            ids.push(next_id as u64);
+            next_id += 1;
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'next_id'",
+            [next_id],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(ids)
     }
 
     /// Deletes dead letters for good. Returns how many.

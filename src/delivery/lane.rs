@@ -194,10 +194,17 @@ use super::resolve::wait_for;
 async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver<RunState>) {
     let ids: Vec<u64> = batch.iter().map(|u| u.id).collect();
     let bytes: u64 = batch.iter().map(|u| u.json.len() as u64).sum();
-    let oldest_ms = batch.iter().map(|u| u.accepted_at_ms).min().unwrap_or_else(now_ms);
+    let oldest_ms = batch
+        .iter()
+        .map(|u| u.accepted_at_ms)
+        .min()
+        .unwrap_or_else(now_ms);
     // Stable across retries of this batch: its first and last event ids.
     let request_id = format!("{:016x}{:016x}", ids[0], ids[ids.len() - 1]);
-    let req = lane.sender.builder().build(&batch, jiff::Timestamp::now(), request_id);
+    let req = lane
+        .sender
+        .builder()
+        .build(&batch, jiff::Timestamp::now(), request_id);
     drop(batch);
     let users = ids.len() as u64;
     let m = &lane.metrics;
@@ -216,7 +223,11 @@ async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver
             m.requests_ok.fetch_add(1, Relaxed);
             m.delivered_users.fetch_add(users, Relaxed);
         }
-        Resolution::Dead(info) => match lane.spool.dead_letter(lane.name.clone(), ids, bytes, info).await {
+        Resolution::Dead(info) => match lane
+            .spool
+            .dead_letter(lane.name.clone(), ids, bytes, info)
+            .await
+        {
             Ok(()) => {
                 m.dead_lettered_users.fetch_add(users, Relaxed);
                 m.failed_users.fetch_add(users, Relaxed);

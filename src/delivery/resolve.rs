@@ -170,7 +170,10 @@ impl Resolver<'_> {
                 } else if exhausted {
                     format!("gave up after {attempt} attempts (retry.max_attempts): {detail}")
                 } else {
-                    format!("older than retry.max_age ({} s): {detail}", self.retry.max_age.as_secs())
+                    format!(
+                        "older than retry.max_age ({} s): {detail}",
+                        self.retry.max_age.as_secs()
+                    )
                 };
                 tracing::warn!(
                     destination = name,
@@ -191,7 +194,13 @@ impl Resolver<'_> {
                 });
             }
             self.metrics.retries.fetch_add(1, Relaxed);
-            let delay = retry_delay(attempt, self.retry.initial, self.retry.max_delay, retry_after, fastrand::f64());
+            let delay = retry_delay(
+                attempt,
+                self.retry.initial,
+                self.retry.max_delay,
+                retry_after,
+                fastrand::f64(),
+            );
             tracing::warn!(
                 destination = name,
                 request_id = %req.request_id,

@@ -1,0 +1,363 @@
+//! Batch delivery against the real mock partner: multi-file batches (CSV, NDJSON, gzip) arrive
+//! complete and grouped per user, rejects files, rate limits, re-runs, format failures, and a
+//! `kill -9` mid-file that resumes after the last acknowledged chunk.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use irisd::config::Config;
+use irisd::delivery::resolve::RunState;
+use irisd::mock::faults::Faults;
+
+/// The test env's config with a `[destination.batch]` section.
+fn batch_config(env: &Env, publish_extra: &str, batch: &str) -> Config {
+    let _ = env.config(publish_extra, "");
+    let path = env.dir.path().join("irisd.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!("\n[destination.batch]\n{batch}\n"));
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+fn write(path: &Path, text: &str, gzip: bool) {
+    let bytes = if gzip {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    } else {
+        text.as_bytes().to_vec()
+    };
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// CSV rows for users `from..to`, user i having (i % 3) + 1 segments on adjacent rows.
+fn csv(from: u64, to: u64) -> String {
+    let mut s = String::from("aam_uuid,data_partner_uuid,segment_id,status,time\n");
+    for i in from..to {
+        for seg in 0..(i % 3) + 1 {
+            s.push_str(&format!(
+                "{i},dp-{i},{},1,2016-07-27T16:17:22Z\n",
+                100 + seg
+            ));
+        }
+    }
+    s
+}
+
+fn ndjson(from: u64, to: u64) -> String {
+    (from..to)
+        .map(|i| {
+            let segs: Vec<String> = (0..(i % 3) + 1)
+                .map(|s| format!(r#"{{"segment_id":"{}","status":"0"}}"#, 200 + s))
+                .collect();
+            format!(
+                r#"{{"aam_uuid":"{i}","data_partner_uuid":"dp-{i}","segments":[{}]}}"#,
+                segs.join(",")
+            ) + "\n"
+        })
+        .collect()
+}
+
+fn running() -> tokio::sync::watch::Receiver<RunState> {
+    let (tx, rx) = tokio::sync::watch::channel(RunState::Running);
+    std::mem::forget(tx);
+    rx
+}
+
+/// Segments per AAM_UUID as the mock received them (over all accepted payloads).
+fn segments_seen(env: &Env) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for r in env.mock.state.received() {
+        for u in r.payload.users {
+            *out.entry(u.aam_uuid).or_default() += u.segments.len();
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_multi_file_batch_arrives_complete_and_grouped_per_user() {
+    let env = mock(|c| c.payload_capacity = 10_000).await;
+    let config = batch_config(&env, "", "max_users = 50\nchunk_users = 120");
+    let dir = env.dir.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<PathBuf> = vec![
+        dir.join("a.csv"),
+        dir.join("b.csv.gz"),
+        dir.join("c.ndjson"),
+        dir.join("d.jsonl.gz"),
+    ];
+    write(&files[0], &csv(1000, 1300), false);
+    write(&files[1], &csv(2000, 2250), true);
+    write(&files[2], &ndjson(3000, 3200), false);
+    write(&files[3], &ndjson(4000, 4100), true);
+
+    let report = irisd::batch::run_now(&config, "partner-a", files.clone(), running())
+        .await
+        .unwrap();
+    assert!(report.complete(), "{report:#?}");
+    assert_eq!(report.users, 300 + 250 + 200 + 100);
+    assert_eq!(report.rejects, 0);
+    let seen = segments_seen(&env);
+    assert_eq!(seen.len(), 850);
+    for (range, _) in [
+        (1000..1300, 'c'),
+        (2000..2250, 'c'),
+        (3000..3200, 'n'),
+        (4000..4100, 'n'),
+    ] {
+        for i in range {
+            assert_eq!(
+                seen.get(&i.to_string()),
+                Some(&((i % 3) as usize + 1)),
+                "user {i}"
+            );
+        }
+    }
+    // Adjacent rows of one user are one Users entry: the mock saw each user exactly once.
+    assert_eq!(env.mock.state.stats().duplicate_users, 0);
+    assert!(env
+        .mock
+        .state
+        .received()
+        .iter()
+        .all(|r| r.payload.users.len() <= 50));
+
+    // Delivered files are not sent again.
+    let again = irisd::batch::run_now(&config, "partner-a", files, running())
+        .await
+        .unwrap();
+    assert!(
+        again.files.iter().all(|f| f.status == "skipped"),
+        "{again:#?}"
+    );
+    assert_eq!(env.mock.state.stats().unique_users, 850);
+}
+
+#[tokio::test]
+async fn bad_lines_go_to_a_rejects_file_with_line_and_reason() {
+    let env = mock(|_| {}).await;
+    let config = batch_config(&env, "", "");
+    let file = env.dir.path().join("mixed.csv");
+    write(
+        &file,
+        "aam_uuid,data_partner_uuid,segment_id,status,time\n\
+         1,dp,10,1,\n\
+         abc,dp,10,1,\n\
+         2,dp,10,9,\n\
+         3,dp\n\
+         4,dp,10,1,\n",
+        false,
+    );
+    let report = irisd::batch::run_now(&config, "partner-a", vec![file.clone()], running())
+        .await
+        .unwrap();
+    assert!(report.complete());
+    assert_eq!((report.users, report.rejects), (2, 3));
+    let rejects = std::fs::read_to_string(env.dir.path().join("mixed.csv.rejects")).unwrap();
+    let lines: Vec<serde_json::Value> = rejects
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["line"], 3);
+    assert!(lines[0]["reason"].as_str().unwrap().contains("aam_uuid"));
+    assert_eq!(lines[0]["text"], "abc,dp,10,1,");
+    assert_eq!(lines[1]["line"], 4);
+    assert!(lines[1]["reason"].as_str().unwrap().contains("status"));
+    assert_eq!(lines[2]["line"], 5);
+    assert!(lines[2]["reason"].as_str().unwrap().contains("2 fields"));
+    let seen = env.mock.state.user_counts();
+    assert_eq!(
+        (seen.get("1"), seen.get("4"), seen.len()),
+        (Some(&1), Some(&1), 2)
+    );
+}
+
+#[tokio::test]
+async fn a_file_not_in_its_declared_format_fails_whole_and_sends_nothing() {
+    let env = mock(|_| {}).await;
+    let config = batch_config(&env, "", "");
+    let file = env.dir.path().join("wrong.csv");
+    write(&file, "id;segment\n1;2\n", false);
+    let gz = env.dir.path().join("notgzip.csv.gz");
+    write(&gz, &csv(1, 5), false);
+    let report = irisd::batch::run_now(&config, "partner-a", vec![file, gz], running())
+        .await
+        .unwrap();
+    assert!(!report.complete());
+    assert_eq!(report.files[0].status, "failed");
+    assert!(
+        report.files[0]
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("must be the header"),
+        "{report:#?}"
+    );
+    assert_eq!(report.files[1].status, "failed");
+    assert!(
+        report.files[1].error.as_ref().unwrap().contains("gzip"),
+        "{report:#?}"
+    );
+    assert_eq!(env.mock.state.stats().publish_requests, 0);
+}
+
+#[tokio::test]
+async fn the_requests_per_second_limit_is_honoured() {
+    let env = mock(|_| {}).await;
+    let config = batch_config(
+        &env,
+        "",
+        "max_users = 1\nrequests_per_second = 10\nmax_in_flight = 4",
+    );
+    let file = env.dir.path().join("r.csv");
+    write(&file, &csv(1, 26), false);
+    let report = irisd::batch::run_now(&config, "partner-a", vec![file], running())
+        .await
+        .unwrap();
+    assert_eq!(report.requests, 25);
+    let at: Vec<u64> = env
+        .mock
+        .state
+        .journal()
+        .iter()
+        .filter(|j| j.path == "/segments/aam")
+        .map(|j| j.at_ms)
+        .collect();
+    assert_eq!(at.len(), 25);
+    // A burst of 10, then one every 100 ms (20 ms tolerance for scheduling).
+    for (k, t) in at.iter().enumerate().skip(10) {
+        let earliest = (k as u64 - 9) * 100;
+        assert!(
+            t - at[0] + 20 >= earliest,
+            "request {k} came {} ms after the first, before {earliest} ms",
+            t - at[0]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_changes_while_half_delivered_is_an_error_not_a_resend() {
+    let env = mock(|c| {
+        c.faults = Faults {
+            error_rate: 1.0,
+            error_status: 503,
+            ..Faults::default()
+        }
+    })
+    .await;
+    let config = batch_config(&env, "", "chunk_users = 10\nmax_users = 10");
+    let file = env.dir.path().join("grow.csv");
+    write(&file, &csv(1, 100), false);
+    // Stop the run while its first chunk is being retried: the file stays "running".
+    let (tx, rx) = tokio::sync::watch::channel(RunState::Running);
+    let run = tokio::spawn({
+        let config = config.clone();
+        let file = file.clone();
+        async move {
+            irisd::batch::run_now(&config, "partner-a", vec![file], rx)
+                .await
+                .unwrap()
+        }
+    });
+    let state = env.mock.state.clone();
+    assert!(
+        wait_until(Duration::from_secs(5), || state.stats().publish_requests
+            > 0)
+        .await
+    );
+    tx.send(RunState::Stop).unwrap();
+    let report = run.await.unwrap();
+    assert_eq!(report.files[0].status, "interrupted");
+    env.mock.state.set_faults(Faults::default()).unwrap();
+    write(&file, &csv(1, 200), false);
+    let report = irisd::batch::run_now(&config, "partner-a", vec![file], running())
+        .await
+        .unwrap();
+    assert_eq!(report.files[0].status, "failed");
+    assert!(
+        report.files[0]
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("changed after it was picked up"),
+        "{report:#?}"
+    );
+    assert_eq!(env.mock.state.stats().users_accepted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_file_resumes_after_the_last_acknowledged_chunk() {
+    let env = mock(|c| {
+        c.token_ttl_secs = None;
+        c.faults = Faults {
+            latency_ms: 10,
+            ..Faults::default()
+        };
+    })
+    .await;
+    let chunk = 500u64;
+    let _ = batch_config(
+        &env,
+        "",
+        &format!("max_users = 50\nchunk_users = {chunk}\nmax_in_flight = 2"),
+    );
+    let config = env.dir.path().join("irisd.toml");
+    let file = env.dir.path().join("big.csv.gz");
+    let users = 8000u64;
+    write(&file, &csv(1, users + 1), true);
+    let run = |report: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_irisd"))
+            .args(["batch", "run", "--destination", "partner-a", "--config"])
+            .arg(&config)
+            .arg("--report")
+            .arg(env.dir.path().join(report))
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = Proc(run("first.json"));
+    let state = env.mock.state.clone();
+    assert!(
+        wait_until(Duration::from_secs(30), || state.stats().unique_users
+            >= 2 * chunk + chunk / 2)
+        .await
+    );
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let at_kill = env.mock.state.stats().unique_users;
+    assert!(at_kill < users, "killed mid-file ({at_kill} of {users})");
+
+    let mut second = Proc(run("second.json"));
+    let status = tokio::task::spawn_blocking(move || second.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let stats = env.mock.state.stats();
+    assert_eq!(stats.unique_users, users, "the file completed");
+    eprintln!(
+        "batch kill test: killed at {at_kill} users, {} duplicates (chunk {chunk})",
+        stats.duplicate_users
+    );
+    assert!(
+        stats.duplicate_users <= chunk,
+        "{} duplicates, more than one chunk",
+        stats.duplicate_users
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.dir.path().join("second.json")).unwrap())
+            .unwrap();
+    assert!(
+        report["files"][0]["resumed_at_line"].as_u64().unwrap() > 1,
+        "{report}"
+    );
+    assert_eq!(report["files"][0]["status"], "done");
+}
