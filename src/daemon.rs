@@ -10,10 +10,12 @@ use http::HeaderValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::batch::runner::BatchContext;
 use crate::config::Profile;
 use crate::config::{Config, Destination};
 use crate::delivery::lane::{self, LaneOptions, RunState};
 use crate::delivery::request::RequestBuilder;
+use crate::delivery::resolve::Circuit;
 use crate::delivery::retry::SuccessPolicy;
 use crate::delivery::sender::Sender;
 use crate::intake::Intake;
@@ -48,6 +50,8 @@ pub struct DestinationRuntime {
     pub name: String,
     pub metrics: Arc<DestinationMetrics>,
     pub tokens: Arc<TokenCache>,
+    /// Batch traffic's counters, when the destination has a batch schedule.
+    pub batch_metrics: Option<Arc<DestinationMetrics>>,
 }
 
 /// A running daemon.
@@ -58,6 +62,7 @@ pub struct Daemon {
     intake: Arc<Intake>,
     server: ServerHandle,
     lanes: Vec<JoinHandle<()>>,
+    batches: Vec<JoinHandle<()>>,
     state: watch::Sender<RunState>,
 }
 
@@ -84,6 +89,13 @@ impl Daemon {
         let mut handles = HashMap::new();
         let mut destinations = Vec::new();
         let mut lanes = Vec::new();
+        let mut batches = Vec::new();
+        let reports_dir = config
+            .spool
+            .path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("batch-reports");
         for d in &config.destinations {
             if d.allow_insecure_http {
                 tracing::warn!(
@@ -91,7 +103,33 @@ impl Daemon {
                     "allow_insecure_http = true: tokens and credentials may travel in clear text; never use this outside local tests"
                 );
             }
-            let (handle, task, runtime) = start_destination(d, &spool, state_rx.clone())?;
+            let (handle, task, mut runtime, sender) =
+                start_destination(d, &spool, state_rx.clone())?;
+            if let Some(b) = d
+                .batch
+                .as_ref()
+                .filter(|b| b.schedule.is_some() && b.input.is_some())
+            {
+                // Same sender, so the same token cache and connection pool as real-time.
+                let ctx = Arc::new(BatchContext::new(
+                    d.name.clone(),
+                    sender,
+                    b.clone(),
+                    d.retry.clone(),
+                    d.profile == Profile::Iris,
+                    Arc::new(Circuit::new(&d.retry)),
+                    Some(runtime.metrics.clone()),
+                    config.spool.path.clone(),
+                ));
+                runtime.batch_metrics = Some(ctx.metrics.clone());
+                batches.push(tokio::spawn(crate::batch::schedule_loop(
+                    ctx,
+                    b.schedule.clone().expect("filtered"),
+                    b.input.clone().expect("filtered"),
+                    reports_dir.clone(),
+                    state_rx.clone(),
+                )));
+            }
             handles.insert(d.name.clone(), handle);
             destinations.push(runtime);
             lanes.push(task);
@@ -125,6 +163,7 @@ impl Daemon {
             intake,
             server,
             lanes,
+            batches,
             state,
         })
     }
@@ -158,6 +197,15 @@ impl Daemon {
             {
                 lanes.iter().for_each(JoinHandle::abort);
             }
+        }
+        // Batch runs stop at Stop at the latest; their checkpoints are written as they go.
+        let _ = self.state.send(RunState::Stop);
+        let mut batches = self.batches;
+        if tokio::time::timeout(Duration::from_secs(5), join_all(&mut batches))
+            .await
+            .is_err()
+        {
+            batches.iter().for_each(JoinHandle::abort);
         }
         self.spool.sync().await;
         let left: u64 = self
@@ -233,15 +281,24 @@ pub fn build_sender(
     Ok((sender, tokens))
 }
 
+#[allow(clippy::type_complexity)]
 fn start_destination(
     d: &Destination,
     spool: &Arc<Spool>,
     state: watch::Receiver<RunState>,
-) -> Result<(lane::LaneHandle, JoinHandle<()>, DestinationRuntime), StartError> {
+) -> Result<
+    (
+        lane::LaneHandle,
+        JoinHandle<()>,
+        DestinationRuntime,
+        Arc<Sender>,
+    ),
+    StartError,
+> {
     let metrics = Arc::new(DestinationMetrics::default());
     let (sender, tokens) = build_sender(d, metrics.clone())?;
     let (handle, task) = lane::spawn(
-        sender,
+        sender.clone(),
         LaneOptions {
             max_users: d.publish.max_users,
             max_bytes: d.publish.max_bytes,
@@ -261,6 +318,8 @@ fn start_destination(
             name: d.name.clone(),
             metrics,
             tokens,
+            batch_metrics: None,
         },
+        sender,
     ))
 }

@@ -361,3 +361,96 @@ async fn kill_9_mid_file_resumes_after_the_last_acknowledged_chunk() {
     );
     assert_eq!(report["files"][0]["status"], "done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_batches_on_schedule_sharing_the_token_with_real_time() {
+    let env = mock(|c| c.token_ttl_secs = None).await;
+    let input = env.dir.path().join("drop");
+    std::fs::create_dir_all(&input).unwrap();
+    let config = batch_config(
+        &env,
+        "linger_ms = 5",
+        &format!(
+            "input = \"{}/*.csv\"\ncron = \"* * * * * *\"\ntime_zone = \"Europe/Berlin\"\nmove_done = true",
+            input.display()
+        ),
+    );
+    let daemon = irisd::daemon::Daemon::start(&config).await.unwrap();
+    assert_eq!(
+        post_events(daemon.intake_addr, event("partner-a", 1, &[("1", "1")]))
+            .await
+            .0,
+        202
+    );
+    write(&input.join("today.csv"), &csv(100, 150), false);
+    let state = env.mock.state.clone();
+    assert!(wait_until(Duration::from_secs(10), || state.stats().unique_users == 51).await);
+    assert_eq!(
+        env.mock.state.stats().tokens_issued,
+        1,
+        "batch and real-time share the token"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || input
+            .join("done/today.csv")
+            .exists())
+        .await
+    );
+    let reports = env.dir.path().join("batch-reports");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_dir(&reports)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false))
+        .await
+    );
+    let batch = daemon.destinations[0].batch_metrics.clone().unwrap();
+    assert_eq!(batch.snapshot().delivered_users, 50);
+    assert_eq!(daemon.destinations[0].metrics.snapshot().delivered_users, 1);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_time_events_go_out_while_a_long_batch_runs() {
+    let env = mock(|c| {
+        c.token_ttl_secs = None;
+        c.faults = Faults {
+            latency_ms: 20,
+            ..Faults::default()
+        };
+    })
+    .await;
+    let input = env.dir.path().join("drop");
+    std::fs::create_dir_all(&input).unwrap();
+    let config = batch_config(
+        &env,
+        "linger_ms = 5",
+        &format!(
+            "input = \"{}/*.csv\"\ncron = \"* * * * * *\"\nmax_users = 10\nmax_in_flight = 1",
+            input.display()
+        ),
+    );
+    write(&input.join("big.csv"), &csv(1000, 3000), false);
+    let daemon = irisd::daemon::Daemon::start(&config).await.unwrap();
+    let batch = {
+        let state = env.mock.state.clone();
+        assert!(wait_until(Duration::from_secs(10), || state.stats().users_accepted > 0).await);
+        daemon.destinations[0].batch_metrics.clone().unwrap()
+    };
+    assert_eq!(
+        post_events(daemon.intake_addr, event("partner-a", 7, &[("1", "1")]))
+            .await
+            .0,
+        202
+    );
+    let rt = daemon.destinations[0].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(2), || rt.snapshot().delivered_users
+            == 1)
+        .await
+    );
+    assert!(
+        batch.snapshot().delivered_users < 2000,
+        "real-time did not wait for the batch to finish"
+    );
+    daemon.shutdown(Duration::from_millis(500)).await;
+}

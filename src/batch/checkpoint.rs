@@ -109,6 +109,20 @@ impl BatchStore {
             .map_err(|e| self.err(e))
     }
 
+    /// Files of `destination` a previous run left unfinished.
+    pub fn unfinished(&self, destination: &str) -> Result<Vec<String>, SpoolError> {
+        let conn = self.dead.connection();
+        let mut st = conn
+            .prepare(
+                "SELECT path FROM batch_files WHERE dest = ?1 AND status = 'running' ORDER BY path",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([destination], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// Writes `st` durably (one fsync'd transaction).
     pub fn save(&self, st: &FileState) -> Result<(), SpoolError> {
         self.dead

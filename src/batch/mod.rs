@@ -78,6 +78,94 @@ pub async fn run_now(
     Ok(report?)
 }
 
+/// The daemon's scheduler for one destination: resumes files a previous run left unfinished,
+/// then at every scheduled time delivers the files matching `batch.input` that are not done
+/// yet, and writes a JSON report per run into `reports_dir`. Ends when the daemon stops.
+pub async fn schedule_loop(
+    ctx: Arc<BatchContext>,
+    schedule: schedule::Schedule,
+    pattern: String,
+    reports_dir: PathBuf,
+    mut state: watch::Receiver<RunState>,
+) {
+    let unfinished = checkpoint::BatchStore::open(&ctx.spool_path)
+        .and_then(|s| s.unfinished(&ctx.destination))
+        .unwrap_or_else(|e| {
+            tracing::error!(destination = %ctx.destination, error = %e, "cannot read batch checkpoints");
+            Vec::new()
+        });
+    let mut resume: Vec<PathBuf> = unfinished
+        .into_iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect();
+    loop {
+        let files = if !resume.is_empty() {
+            std::mem::take(&mut resume)
+        } else {
+            let now = jiff::Timestamp::now();
+            let Some(next) = schedule.next_after(now) else {
+                tracing::warn!(destination = %ctx.destination, "the batch schedule has no next run");
+                return;
+            };
+            let wait =
+                Duration::from_millis((next.as_millisecond() - now.as_millisecond()).max(0) as u64);
+            tracing::info!(destination = %ctx.destination, next = %next, "next batch run");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = state.wait_for(|s| *s != RunState::Running) => return,
+            }
+            match runner::discover(&pattern) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(destination = %ctx.destination, error = %e, "batch input");
+                    continue;
+                }
+            }
+        };
+        if files.is_empty() {
+            continue;
+        }
+        let progress = Arc::new(Progress::default());
+        let display = tokio::spawn(show_progress(progress.clone(), ctx.metrics.clone()));
+        let report = runner::run_files(ctx.clone(), &files, progress, state.clone()).await;
+        display.abort();
+        match report {
+            Ok(report) => {
+                let path = reports_dir.join(format!(
+                    "{}-{}.json",
+                    ctx.destination,
+                    jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+                ));
+                let written = std::fs::create_dir_all(&reports_dir).and_then(|_| {
+                    std::fs::write(
+                        &path,
+                        serde_json::to_vec_pretty(&report).unwrap_or_default(),
+                    )
+                });
+                if let Err(e) = written {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the batch report");
+                }
+                tracing::info!(
+                    destination = %ctx.destination,
+                    users = report.users,
+                    rejects = report.rejects,
+                    dead_lettered = report.dead_lettered,
+                    complete = report.complete(),
+                    report = %path.display(),
+                    "batch run finished"
+                );
+            }
+            Err(e) => {
+                tracing::error!(destination = %ctx.destination, error = %e, "batch run failed")
+            }
+        }
+        if *state.borrow() != RunState::Running {
+            return;
+        }
+    }
+}
+
 /// A progress bar on a terminal; a log line every 5 s otherwise.
 async fn show_progress(progress: Arc<Progress>, metrics: Arc<crate::metrics::DestinationMetrics>) {
     let tty = std::io::stderr().is_terminal();

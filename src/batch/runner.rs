@@ -372,6 +372,9 @@ async fn run_file(
     }
     let path_tag = path_tag_of(&key);
     let interrupted = loop {
+        if *state.borrow() == RunState::Stop {
+            break true;
+        }
         // The chunk is named by the line it starts after: the same after a restart.
         let chunk_start = st.pos.line;
         // Read one chunk.
@@ -502,6 +505,9 @@ async fn send_chunk(
         // Stable for the same chunk of the same file, also after a restart.
         let request_id = format!("{path_tag:08x}{chunk_start:016x}{i:08x}");
         tasks.spawn(async move {
+            if *state.borrow() == RunState::Stop {
+                return (Resolution::Abandoned, batch);
+            }
             let n = NonZeroU32::new(batch.len() as u32).unwrap_or(NonZeroU32::MIN);
             if let Some(l) = &ctx.requests_limiter {
                 l.until_ready().await;

@@ -36,14 +36,15 @@ impl Schedule {
             }
             (None, Some(expr)) => {
                 let fields = expr.split_whitespace().count();
-                let full =
-                    match fields {
-                        5 => format!("0 {expr}"),
-                        6 | 7 => expr.to_string(),
-                        n => return Err(format!(
+                let full = match fields {
+                    5 => format!("0 {expr}"),
+                    6 | 7 => expr.to_string(),
+                    n => {
+                        return Err(format!(
                             "cron {expr:?} has {n} fields; expected 5 (min hour day month weekday)"
-                        )),
-                    };
+                        ))
+                    }
+                };
                 let schedule = jiff_cron::Schedule::from_str(&full)
                     .map_err(|e| format!("cron {expr:?}: {e}"))?;
                 Ok(Schedule::Cron {
