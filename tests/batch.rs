@@ -458,17 +458,34 @@ async fn real_time_events_go_out_while_a_long_batch_runs() {
 #[tokio::test]
 async fn the_users_per_second_limit_is_honoured() {
     let env = mock(|_| {}).await;
-    let config = batch_config(&env, "", "max_users = 10\nusers_per_second = 20\nmax_in_flight = 4");
+    let config = batch_config(
+        &env,
+        "",
+        "max_users = 10\nusers_per_second = 20\nmax_in_flight = 4",
+    );
     let file = env.dir.path().join("u.csv");
     // 60 users (one entry each, whatever their segments): 6 requests of 10.
     write(&file, &csv(0, 60), false);
-    let report = irisd::batch::run_now(&config, "partner-a", vec![file], running()).await.unwrap();
+    let report = irisd::batch::run_now(&config, "partner-a", vec![file], running())
+        .await
+        .unwrap();
     assert_eq!((report.users, report.requests), (60, 6));
-    let mut at: Vec<u64> = env.mock.state.journal().iter().filter(|j| j.path == "/segments/aam").map(|j| j.at_ms).collect();
+    let mut at: Vec<u64> = env
+        .mock
+        .state
+        .journal()
+        .iter()
+        .filter(|j| j.path == "/segments/aam")
+        .map(|j| j.at_ms)
+        .collect();
     at.sort();
     // A burst of 20 users (2 requests), then 10 users every 500 ms.
     for (k, t) in at.iter().enumerate().skip(2) {
         let earliest = (k as u64 - 1) * 500;
-        assert!(t - at[0] + 20 >= earliest, "request {k} at {} ms, before {earliest} ms", t - at[0]);
+        assert!(
+            t - at[0] + 20 >= earliest,
+            "request {k} at {} ms, before {earliest} ms",
+            t - at[0]
+        );
     }
 }

@@ -108,6 +108,9 @@ pub struct BatchReader {
     ready: Option<Item>,
     line: Vec<u8>,
     now: jiff::Timestamp,
+    /// Reused for every CSV line: building one compiles a DFA, far costlier than a line.
+    csv: csv_core::Reader,
+    csv_out: Vec<u8>,
 }
 
 impl BatchReader {
@@ -136,6 +139,8 @@ impl BatchReader {
             ready: None,
             line: Vec::with_capacity(1024),
             now: jiff::Timestamp::now(),
+            csv: csv_core::Reader::new(),
+            csv_out: Vec::new(),
         }
     }
 
@@ -297,7 +302,13 @@ impl BatchReader {
     }
 
     /// One row: (aam_uuid, data_partner_uuid, rendered segments, segment count).
-    fn parse_row(&self) -> Result<(String, String, Vec<u8>, usize), String> {
+    fn parse_row(&mut self) -> Result<(String, String, Vec<u8>, usize), String> {
+        if self.format == Format::Csv {
+            self.line.push(b'\n');
+            let fields = csv_fields(&mut self.csv, &self.line, &mut self.csv_out);
+            self.line.pop();
+            return self.csv_row(fields?);
+        }
         let line = std::str::from_utf8(&self.line).map_err(|_| "not UTF-8".to_string())?;
         match self.format {
             Format::Ndjson => {
@@ -334,22 +345,22 @@ impl BatchReader {
                     ev.segments.len(),
                 ))
             }
-            Format::Csv => {
-                let f = csv_fields(line.as_bytes())?;
-                if f.len() != 5 {
-                    return Err(format!("{} fields, expected 5 ({CSV_HEADER})", f.len()));
-                }
-                check_user_ids(&f[0], &f[1]).map_err(|e| e.to_string())?;
-                let time = (!f[4].is_empty()).then_some(f[4].as_str());
-                let mut out = Vec::with_capacity(80);
-                render_segment(&f[2], &f[3], time, self.now, None, &mut out)
-                    .map_err(|e| e.to_string())?;
-                let mut f = f.into_iter();
-                let aam = f.next().unwrap_or_default();
-                let dp = f.next().unwrap_or_default();
-                Ok((aam, dp, out, 1))
-            }
+            Format::Csv => unreachable!("handled above"),
         }
+    }
+
+    fn csv_row(&self, f: Vec<String>) -> Result<(String, String, Vec<u8>, usize), String> {
+        if f.len() != 5 {
+            return Err(format!("{} fields, expected 5 ({CSV_HEADER})", f.len()));
+        }
+        check_user_ids(&f[0], &f[1]).map_err(|e| e.to_string())?;
+        let time = (!f[4].is_empty()).then_some(f[4].as_str());
+        let mut out = Vec::with_capacity(80);
+        render_segment(&f[2], &f[3], time, self.now, None, &mut out).map_err(|e| e.to_string())?;
+        let mut f = f.into_iter();
+        let aam = f.next().unwrap_or_default();
+        let dp = f.next().unwrap_or_default();
+        Ok((aam, dp, out, 1))
     }
 }
 
@@ -377,16 +388,17 @@ fn memchr_newline(buf: &[u8]) -> Option<usize> {
     buf.iter().position(|&b| b == b'\n')
 }
 
-/// The fields of one CSV line (RFC 4180 quoting), via csv-core.
-fn csv_fields(line: &[u8]) -> Result<Vec<String>, String> {
-    let mut reader = csv_core::Reader::new();
-    // The newline ends the record within this one call.
-    let mut input = Vec::with_capacity(line.len() + 1);
-    input.extend_from_slice(line);
-    input.push(b'\n');
-    let mut out = vec![0u8; line.len() + 1];
+/// The fields of one CSV line (RFC 4180 quoting) ending in a newline, via csv-core. `reader`
+/// is left ready for the next line; on a malformed line it is reset.
+fn csv_fields(
+    reader: &mut csv_core::Reader,
+    line: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Vec<String>, String> {
+    out.clear();
+    out.resize(line.len() + 1, 0);
     let mut ends = [0usize; 16];
-    let (result, _, _, nend) = reader.read_record(&input, &mut out, &mut ends);
+    let (result, _, _, nend) = reader.read_record(line, out, &mut ends);
     match result {
         csv_core::ReadRecordResult::Record => {
             let mut start = 0;
@@ -399,8 +411,13 @@ fn csv_fields(line: &[u8]) -> Result<Vec<String>, String> {
             }
             Ok(fields)
         }
-        csv_core::ReadRecordResult::OutputEndsFull => Err("more than 16 fields".into()),
-        _ => Err("malformed CSV (an unterminated quote?)".into()),
+        other => {
+            reader.reset();
+            Err(match other {
+                csv_core::ReadRecordResult::OutputEndsFull => "more than 16 fields".into(),
+                _ => "malformed CSV (an unterminated quote?)".into(),
+            })
+        }
     }
 }
 
