@@ -65,6 +65,8 @@ struct RawConfig {
     intake: IntakeConfig,
     #[serde(default)]
     spool: RawSpool,
+    #[serde(default)]
+    admin: AdminConfig,
     #[serde(default, rename = "destination")]
     destinations: Vec<RawDestination>,
 }
@@ -86,6 +88,14 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Bound on one destination's spooled event bytes.
     pub max_bytes_per_destination: u64,
+}
+
+/// `[admin]`: Prometheus metrics, health, readiness and status.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; none = no admin listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Default spool file, in the working directory.
@@ -302,6 +312,7 @@ pub struct Config {
     pub path: PathBuf,
     pub intake: IntakeConfig,
     pub spool: SpoolConfig,
+    pub admin: AdminConfig,
     pub destinations: Vec<Destination>,
 }
 
@@ -484,6 +495,7 @@ impl Config {
             path: ctx.path.to_owned(),
             intake: raw.intake,
             spool,
+            admin: raw.admin,
             destinations,
         })
     }

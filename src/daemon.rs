@@ -10,6 +10,7 @@ use http::HeaderValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::{Admin, Watched};
 use crate::batch::runner::BatchContext;
 use crate::config::Profile;
 use crate::config::{Config, Destination};
@@ -31,6 +32,11 @@ use crate::transport::{ClientOptions, HttpClient, TlsSetupError};
 pub enum StartError {
     #[error("cannot listen on {addr} (intake.listen): {source}")]
     Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} (admin.listen): {source}")]
+    BindAdmin {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -57,6 +63,10 @@ pub struct DestinationRuntime {
 /// A running daemon.
 pub struct Daemon {
     pub intake_addr: SocketAddr,
+    /// The admin listener's address, when `[admin] listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    pub admin: Arc<Admin>,
+    admin_server: Option<ServerHandle>,
     pub destinations: Vec<DestinationRuntime>,
     pub spool: Arc<Spool>,
     intake: Arc<Intake>,
@@ -140,6 +150,31 @@ impl Daemon {
                 addr: config.intake.listen,
                 source,
             })?;
+        let admin = Admin::new(
+            destinations
+                .iter()
+                .map(|d: &DestinationRuntime| Watched {
+                    name: d.name.clone(),
+                    metrics: d.metrics.clone(),
+                    tokens: d.tokens.clone(),
+                    batch: d.batch_metrics.clone(),
+                })
+                .collect(),
+            spool.clone(),
+        );
+        let admin_server = match config.admin.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::BindAdmin { addr, source })?;
+                let a = admin.clone();
+                Some(serve(listener, None, move |req, peer| {
+                    let a = a.clone();
+                    async move { Ok(a.handle(req, peer).await) }
+                }))
+            }
+            None => None,
+        };
         let intake = Arc::new(Intake::new(
             handles,
             spool.clone(),
@@ -158,6 +193,9 @@ impl Daemon {
         );
         Ok(Daemon {
             intake_addr: server.addr,
+            admin_addr: admin_server.as_ref().map(|s| s.addr),
+            admin,
+            admin_server,
             destinations,
             spool,
             intake,
@@ -181,6 +219,9 @@ impl Daemon {
     /// if everything spooled was delivered (or dead-lettered) in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + grace;
+        self.admin
+            .ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.intake.close();
         let _ = self.state.send(RunState::Draining);
         self.server.shutdown(grace).await;
@@ -214,6 +255,9 @@ impl Daemon {
             .iter()
             .map(|(_, b)| b)
             .sum();
+        if let Some(s) = self.admin_server {
+            s.shutdown(Duration::from_secs(1)).await;
+        }
         tracing::info!(drained, spooled_bytes_left = left, "irisd stopped");
         drained
     }

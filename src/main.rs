@@ -82,6 +82,12 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Show a running daemon's per-destination summary (from its admin listener).
+    Status {
+        /// The daemon's admin address (`[admin] listen`), e.g. 127.0.0.1:9701.
+        #[arg(long)]
+        admin: SocketAddr,
+    },
     /// Batch delivery of onboarded data files.
     Batch {
         #[command(subcommand)]
@@ -202,6 +208,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { action } => dlq(action),
+        Command::Status { admin } => status(admin).await,
         Command::Batch {
             action:
                 BatchAction::Run {
@@ -212,6 +219,57 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 },
         } => batch_run(config, destination, report, files).await,
     }
+}
+
+async fn status(admin: SocketAddr) -> anyhow::Result<ExitCode> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = client
+        .get(format!("http://{admin}/status").parse()?)
+        .await
+        .with_context(|| {
+            format!("cannot reach the admin listener at {admin} (is [admin] listen set?)")
+        })?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .context("the admin listener answered something else than status JSON")?;
+    println!("ready: {}", v["ready"]);
+    println!(
+        "{:<20} {:>10} {:>10} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8}  token",
+        "destination",
+        "accepted",
+        "delivered",
+        "dead",
+        "retries",
+        "in flight",
+        "spooled",
+        "p50 ms",
+        "p99 ms"
+    );
+    for d in v["destinations"].as_array().into_iter().flatten() {
+        let token = match &d["token"] {
+            serde_json::Value::Null => "none".to_string(),
+            t => match t["expires_in_s"].as_u64() {
+                Some(e) => format!("age {}s, expires in {e}s", t["age_s"]),
+                None => format!("age {}s, no expiry", t["age_s"]),
+            },
+        };
+        println!(
+            "{:<20} {:>10} {:>10} {:>8} {:>8} {:>9} {:>10} {:>8.1} {:>8.1}  {token}",
+            d["destination"].as_str().unwrap_or("?"),
+            d["accepted"],
+            d["delivered"],
+            d["dead_lettered"],
+            d["retries"],
+            d["in_flight"],
+            d["spooled_events"],
+            d["latency_p50_ms"].as_f64().unwrap_or(0.0),
+            d["latency_p99_ms"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn batch_run(

@@ -33,6 +33,8 @@ pub struct DestinationMetrics {
     pub bytes_raw: AtomicU64,
     /// Body bytes on the wire.
     pub bytes_sent: AtomicU64,
+    /// Publish attempts by answer: index 0 = no answer (network, TLS, timeout), 1..=5 = 1xx..5xx.
+    pub attempts_by_class: [AtomicU64; 6],
     token_fetches: Mutex<BTreeMap<String, u64>>,
     /// Publish request latency in microseconds (successful requests).
     latency_us: Mutex<Histogram<u64>>,
@@ -52,6 +54,7 @@ impl Default for DestinationMetrics {
             unauthorized: AtomicU64::new(0),
             bytes_raw: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
+            attempts_by_class: Default::default(),
             token_fetches: Mutex::new(BTreeMap::new()),
             latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds"),
@@ -80,7 +83,34 @@ pub struct Snapshot {
     pub latency_p99_ms: f64,
 }
 
+/// Labels of [`DestinationMetrics::attempts_by_class`].
+pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
 impl DestinationMetrics {
+    /// Counts one publish attempt by its answer's status class (`None`: no answer).
+    pub fn record_attempt(&self, status: Option<u16>) {
+        let i = match status {
+            Some(s @ 100..=599) => (s / 100) as usize,
+            _ => 0,
+        };
+        self.attempts_by_class[i].fetch_add(1, Relaxed);
+    }
+
+    /// Buckets (upper bound in seconds, count in that bucket, not cumulative), sum in seconds
+    /// and count of the publish latency, for a Prometheus histogram.
+    pub fn latency_buckets(&self, bounds: &[f64]) -> (Vec<(f64, u64)>, f64, u64) {
+        let h = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(bounds.len() + 1);
+        let mut below = 0u64;
+        for &b in bounds {
+            let upto = h.count_between(0, (b * 1e6) as u64);
+            out.push((b, upto - below));
+            below = upto;
+        }
+        out.push((f64::INFINITY, h.len() - below));
+        (out, h.mean() * h.len() as f64 / 1e6, h.len())
+    }
+
     pub fn token_fetched(&self, outcome: &str) {
         *self
             .token_fetches

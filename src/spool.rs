@@ -108,6 +108,8 @@ pub struct Spool {
     tx: std::sync::mpsc::SyncSender<Command>,
     limits: Limits,
     usage: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
+    /// Events spooled per destination (for the spool depth metric).
+    events: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
     total: Arc<AtomicU64>,
 }
 
@@ -186,21 +188,27 @@ impl Spool {
             return Err(store_err(path, format!("integrity check failed: {check}")));
         }
         let mut usage = HashMap::new();
+        let mut events = HashMap::new();
         let mut total = 0u64;
         {
             let mut st = conn
-                .prepare("SELECT dest, sum(length(body)) FROM events GROUP BY dest")
+                .prepare("SELECT dest, sum(length(body)), count(*) FROM events GROUP BY dest")
                 .map_err(|e| store_err(path, e))?;
             let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .map_err(|e| store_err(path, e))?;
             for row in rows {
-                let (dest, bytes) = row.map_err(|e| store_err(path, e))?;
+                let (dest, bytes, count) = row.map_err(|e| store_err(path, e))?;
                 total += bytes as u64;
-                usage.insert(
-                    Arc::<str>::from(dest),
-                    Arc::new(AtomicU64::new(bytes as u64)),
-                );
+                let dest = Arc::<str>::from(dest);
+                usage.insert(dest.clone(), Arc::new(AtomicU64::new(bytes as u64)));
+                events.insert(dest, Arc::new(AtomicU64::new(count as u64)));
             }
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(4096);
@@ -214,6 +222,7 @@ impl Spool {
             tx,
             limits,
             usage: Mutex::new(usage),
+            events: Mutex::new(events),
             total: Arc::new(AtomicU64::new(total)),
         }))
     }
@@ -230,6 +239,28 @@ impl Spool {
         let a = Arc::new(AtomicU64::new(0));
         u.insert(destination.into(), a.clone());
         a
+    }
+
+    fn events_of(&self, destination: &str) -> Arc<AtomicU64> {
+        let mut e = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        e.entry(destination.into()).or_default().clone()
+    }
+
+    /// Events waiting in the spool for `destination`.
+    pub fn events(&self, destination: &str) -> u64 {
+        self.events_of(destination).load(Relaxed)
+    }
+
+    fn count_events(&self, destination: &str, delta: i64) {
+        let _ = self
+            .events_of(destination)
+            .fetch_update(Relaxed, Relaxed, |v| {
+                Some(if delta >= 0 {
+                    v + delta as u64
+                } else {
+                    v.saturating_sub(delta.unsigned_abs())
+                })
+            });
     }
 
     /// Bytes spooled for `destination` and in total.
@@ -289,6 +320,8 @@ impl Spool {
         accepted_at_ms: i64,
         reservations: Vec<Reservation>,
     ) -> Result<Vec<Vec<u64>>, SpoolError> {
+        let counts: Vec<(Arc<str>, usize)> =
+            items.iter().map(|(d, b)| (d.clone(), b.len())).collect();
         let (reply, rx) = oneshot::channel();
         self.send(Command::Append {
             items,
@@ -299,6 +332,9 @@ impl Spool {
             .await
             .map_err(|_| SpoolError::Closed(self.path.display().to_string()))??;
         reservations.into_iter().for_each(Reservation::keep);
+        for (dest, n) in &counts {
+            self.count_events(dest, *n as i64);
+        }
         Ok(ids)
     }
 
@@ -312,6 +348,7 @@ impl Spool {
     /// a lost ack means a duplicate, never a loss.
     pub fn ack(&self, destination: Arc<str>, ids: Vec<u64>, bytes: u64) {
         self.release(&destination, bytes);
+        self.count_events(&destination, -(ids.len() as i64));
         let _ = self.send(Command::Ack { destination, ids });
     }
 
@@ -845,6 +882,7 @@ mod tests {
                 .unwrap();
             assert_eq!(ids, [[1, 2]]);
             assert_eq!(spool.bytes("a"), (6, 6));
+            assert_eq!(spool.events("a"), 2);
             let reader = spool.reader("a").unwrap();
             let got = reader.read_after(0, 10).unwrap();
             assert_eq!(got.len(), 2);
@@ -858,6 +896,7 @@ mod tests {
         rt().block_on(async {
             let spool = Spool::open(&path, limits()).unwrap();
             assert_eq!(spool.bytes("a"), (3, 3), "usage recomputed at open");
+            assert_eq!(spool.events("a"), 1);
             let r = spool.reserve("a", 1).unwrap();
             let ids = spool
                 .append(

@@ -144,6 +144,8 @@ impl Sender {
             .send(http_req, self.timeout, MAX_RESPONSE_BODY)
             .await;
         let elapsed = started.elapsed();
+        self.metrics
+            .record_attempt(result.as_ref().ok().map(|r| r.status.as_u16()));
         match result {
             Ok(resp) => {
                 let class = classify(resp.status, &self.success);

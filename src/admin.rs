@@ -1,0 +1,343 @@
+//! The admin listener: Prometheus `/metrics`, `/healthz` (the process is alive), `/readyz`
+//! (config loaded, spool open, intake accepting) and `/status` (a JSON summary per destination,
+//! read by `irisd status`).
+//!
+//! Metrics are not kept twice: a prometheus-client [`Collector`] reads the daemon's own atomic
+//! counters, the spool's depth and the token caches at scrape time. Nothing here carries a
+//! secret or a user id: labels are destination names, outcomes and status classes only.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::metrics::{DestinationMetrics, STATUS_CLASSES};
+use crate::oauth::TokenCache;
+use crate::server::{error_response, json_response};
+use crate::spool::Spool;
+
+/// Latency histogram bounds, in seconds.
+const LATENCY_BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// What the admin endpoints read, per destination.
+#[derive(Clone)]
+pub struct Watched {
+    pub name: String,
+    pub metrics: Arc<DestinationMetrics>,
+    pub tokens: Arc<TokenCache>,
+    pub batch: Option<Arc<DestinationMetrics>>,
+}
+
+/// The admin endpoints' state.
+pub struct Admin {
+    pub destinations: Vec<Watched>,
+    pub spool: Arc<Spool>,
+    /// False once the daemon stops accepting events.
+    pub ready: AtomicBool,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admin")
+    }
+}
+
+/// Reads the live counters at scrape time.
+struct Live {
+    destinations: Vec<Watched>,
+    spool: Arc<Spool>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: &[(Vec<(&str, String)>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<N>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: &[(Vec<(&str, String)>, N)],
+) -> Result<(), std::fmt::Error>
+where
+    N: Copy,
+    ConstGauge<N>: EncodeMetric,
+{
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Live {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let d = |w: &Watched| vec![("destination", w.name.clone())];
+        let each = |f: &dyn Fn(&DestinationMetrics) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
+            self.destinations
+                .iter()
+                .map(|w| (d(w), f(&w.metrics)))
+                .collect()
+        };
+        counter(
+            &mut enc,
+            "irisd_events_accepted",
+            "Events accepted by the intake.",
+            &each(&|m| m.accepted_users.load(Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "irisd_events_delivered",
+            "Events the partner acknowledged.",
+            &each(&|m| m.delivered_users.load(Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "irisd_events_dead_lettered",
+            "Events moved to the dead letters.",
+            &each(&|m| m.dead_lettered_users.load(Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "irisd_publish_retries",
+            "Publish attempts that will be retried.",
+            &each(&|m| m.retries.load(Relaxed)),
+        )?;
+        let mut classes = Vec::new();
+        for w in &self.destinations {
+            for (i, class) in STATUS_CLASSES.iter().enumerate() {
+                let mut l = d(w);
+                l.push(("status_class", (*class).to_string()));
+                classes.push((l, w.metrics.attempts_by_class[i].load(Relaxed)));
+            }
+        }
+        counter(
+            &mut enc,
+            "irisd_publish_attempts",
+            "Publish attempts by the answer's status class (none: no answer).",
+            &classes,
+        )?;
+        let mut bytes = Vec::new();
+        for w in &self.destinations {
+            for (stage, v) in [
+                ("raw", &w.metrics.bytes_raw),
+                ("sent", &w.metrics.bytes_sent),
+            ] {
+                let mut l = d(w);
+                l.push(("stage", stage.to_string()));
+                bytes.push((l, v.load(Relaxed)));
+            }
+        }
+        counter(
+            &mut enc,
+            "irisd_publish_bytes",
+            "Payload bytes before (raw) and after (sent) compression.",
+            &bytes,
+        )?;
+        let mut fetches = Vec::new();
+        for w in &self.destinations {
+            for (outcome, n) in w.metrics.snapshot().token_fetches {
+                let mut l = d(w);
+                l.push(("outcome", outcome));
+                fetches.push((l, n));
+            }
+        }
+        counter(
+            &mut enc,
+            "irisd_token_fetches",
+            "Token requests by outcome (ok or the error).",
+            &fetches,
+        )?;
+        let spool_events: Vec<_> = self
+            .destinations
+            .iter()
+            .map(|w| (d(w), self.spool.events(&w.name) as i64))
+            .collect();
+        gauge(
+            &mut enc,
+            "irisd_spool_events",
+            "Events waiting in the spool.",
+            &spool_events,
+        )?;
+        let spool_bytes: Vec<_> = self
+            .destinations
+            .iter()
+            .map(|w| (d(w), self.spool.bytes(&w.name).0 as i64))
+            .collect();
+        gauge(
+            &mut enc,
+            "irisd_spool_bytes",
+            "Bytes of events waiting in the spool.",
+            &spool_bytes,
+        )?;
+        let now = tokio::time::Instant::now();
+        let mut age = Vec::new();
+        let mut ttl = Vec::new();
+        for w in &self.destinations {
+            if let Some(t) = w.tokens.peek() {
+                age.push((d(w), now.duration_since(t.obtained_at).as_secs_f64()));
+                if let Some(exp) = t.expires_at {
+                    ttl.push((d(w), exp.saturating_duration_since(now).as_secs_f64()));
+                }
+            }
+        }
+        gauge(
+            &mut enc,
+            "irisd_token_age_seconds",
+            "Age of the current access token.",
+            &age,
+        )?;
+        gauge(
+            &mut enc,
+            "irisd_token_expires_in_seconds",
+            "Time left before the current token expires (tokens with expires_in).",
+            &ttl,
+        )?;
+        let batch: Vec<_> = self
+            .destinations
+            .iter()
+            .filter_map(|w| {
+                w.batch
+                    .as_ref()
+                    .map(|b| (d(w), b.delivered_users.load(Relaxed)))
+            })
+            .collect();
+        counter(
+            &mut enc,
+            "irisd_batch_users_delivered",
+            "Users delivered by batch runs.",
+            &batch,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "irisd_publish_duration_seconds",
+            "Latency of successful publish requests.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for w in &self.destinations {
+            let (buckets, sum, count) = w.metrics.latency_buckets(&LATENCY_BOUNDS);
+            m.encode_family(&d(w))?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
+        }
+        Ok(())
+    }
+}
+
+impl Admin {
+    pub fn new(destinations: Vec<Watched>, spool: Arc<Spool>) -> Arc<Self> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Live {
+            destinations: destinations.clone(),
+            spool: spool.clone(),
+        }));
+        Arc::new(Self {
+            destinations,
+            spool,
+            ready: AtomicBool::new(true),
+            registry,
+        })
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Per-destination summary (what `irisd status` prints).
+    pub fn status(&self) -> serde_json::Value {
+        let now = tokio::time::Instant::now();
+        let dests: Vec<_> = self
+            .destinations
+            .iter()
+            .map(|w| {
+                let s = w.metrics.snapshot();
+                let token = w.tokens.peek();
+                serde_json::json!({
+                    "destination": w.name,
+                    "accepted": s.accepted_users,
+                    "delivered": s.delivered_users,
+                    "dead_lettered": s.dead_lettered_users,
+                    "retries": s.retries,
+                    "in_flight": s.in_flight_users,
+                    "spooled_events": self.spool.events(&w.name),
+                    "spooled_bytes": self.spool.bytes(&w.name).0,
+                    "latency_p50_ms": s.latency_p50_ms,
+                    "latency_p99_ms": s.latency_p99_ms,
+                    "token": token.as_ref().map(|t| serde_json::json!({
+                        "age_s": now.duration_since(t.obtained_at).as_secs(),
+                        "expires_in_s": t.expires_at.map(|e| e.saturating_duration_since(now).as_secs()),
+                    })),
+                    "token_fetches": s.token_fetches,
+                    "batch_delivered": w.batch.as_ref().map(|b| b.delivered_users.load(Relaxed)),
+                })
+            })
+            .collect();
+        serde_json::json!({ "ready": self.ready.load(Relaxed), "destinations": dests })
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics_text())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            (&Method::GET, "/healthz") => {
+                json_response(StatusCode::OK, &serde_json::json!({"status": "alive"}))
+            }
+            (&Method::GET, "/readyz") => {
+                if self.ready.load(Relaxed) {
+                    json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+                } else {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"status": "stopping"}),
+                    )
+                }
+            }
+            (&Method::GET, "/status") => json_response(StatusCode::OK, &self.status()),
+            (_, path) => error_response(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint {path}; try /metrics, /healthz, /readyz, /status"),
+            ),
+        }
+    }
+}
