@@ -140,6 +140,33 @@ struct RawDestination {
     #[serde(default)]
     tls: RawTls,
     batch: Option<RawBatch>,
+    signing: Option<RawSigning>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    #[serde(default = "default_signing_algorithm")]
+    algorithm: Spanned<String>,
+    #[serde(default = "default_signing_header")]
+    header: Spanned<String>,
+    key_env: Option<Spanned<String>>,
+    key_file: Option<Spanned<PathBuf>>,
+}
+
+fn default_signing_algorithm() -> Spanned<String> {
+    Spanned::new(0..0, "sha256".to_string())
+}
+fn default_signing_header() -> Spanned<String> {
+    Spanned::new(0..0, "X-Signature".to_string())
+}
+
+/// `[destination.signing]`: an HMAC of each publish request in a header, as IRIS can send.
+#[derive(Debug, Clone)]
+pub struct SigningConfig {
+    pub algorithm: crate::signing::Algorithm,
+    pub header: http::HeaderName,
+    pub key: SecretString,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +365,7 @@ pub struct Destination {
     pub retry: RetryPolicy,
     pub tls: TlsConfig,
     pub batch: Option<BatchConfig>,
+    pub signing: Option<SigningConfig>,
 }
 
 /// Delivery behaviour preset.
@@ -693,9 +721,14 @@ impl Destination {
             Some(b) => Some(ctx.batch(key, b)?),
             None => None,
         };
+        let signing = match &d.signing {
+            Some(sg) => Some(ctx.signing(key, sg)?),
+            None => None,
+        };
 
         Ok(Destination {
             batch,
+            signing,
             name,
             destination_id,
             user_dpid,
@@ -741,6 +774,33 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn signing(&self, key: &str, sg: &RawSigning) -> Result<SigningConfig, ConfigError> {
+        let k = |f: &str| format!("{key}.signing.{f}");
+        let algorithm = sg
+            .algorithm
+            .get_ref()
+            .parse()
+            .map_err(|e: String| self.invalid(sg.algorithm.span(), &k("algorithm"), &e))?;
+        let header = http::HeaderName::from_bytes(sg.header.get_ref().as_bytes())
+            .map_err(|_| self.invalid(sg.header.span(), &k("header"), "not a valid header name"))?;
+        let secret = match (&sg.key_env, &sg.key_file) {
+            (Some(env), None) => self.secret_env(env, &k("key_env"))?,
+            (None, Some(file)) => self.secret_file(file, &k("key_file"))?,
+            _ => {
+                return Err(self.invalid(
+                    sg.algorithm.span(),
+                    &format!("{key}.signing"),
+                    "set exactly one of key_env, key_file",
+                ))
+            }
+        };
+        Ok(SigningConfig {
+            algorithm,
+            header,
+            key: secret,
+        })
+    }
+
     fn batch(&self, key: &str, b: &RawBatch) -> Result<BatchConfig, ConfigError> {
         let k = |f: &str| format!("{key}.batch.{f}");
         let schedule = match (&b.daily_at, &b.cron) {

@@ -310,7 +310,8 @@ pub fn build_sender(
             client_id: d.aam_client_id.clone(),
             destination_id: d.destination_id.clone(),
         },
-    );
+    )
+    .with_signing(d.signing.clone());
     let sender = Arc::new(Sender::new(
         d.name.clone(),
         http,

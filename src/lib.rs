@@ -19,5 +19,6 @@ pub mod mock;
 pub mod oauth;
 pub mod payload;
 pub mod server;
+pub mod signing;
 pub mod spool;
 pub mod transport;

@@ -31,6 +31,8 @@ pub struct PreparedRequest {
     pub users: usize,
     /// Unique id of this batch.
     pub request_id: String,
+    /// The signature header's value, when the destination signs its requests.
+    pub signature: Option<HeaderValue>,
 }
 
 /// Builds one destination's publish requests.
@@ -42,6 +44,7 @@ pub struct RequestBuilder {
     user_agent: HeaderValue,
     gzip: Option<flate2::Compression>,
     header: PayloadHeader,
+    signing: Option<crate::config::SigningConfig>,
 }
 
 impl RequestBuilder {
@@ -59,7 +62,14 @@ impl RequestBuilder {
             user_agent,
             gzip,
             header,
+            signing: None,
         }
+    }
+
+    /// Signs every request with `signing` (see [`crate::signing`]).
+    pub fn with_signing(mut self, signing: Option<crate::config::SigningConfig>) -> Self {
+        self.signing = signing;
+        self
     }
 
     pub fn payload_header(&self) -> &PayloadHeader {
@@ -86,11 +96,19 @@ impl RequestBuilder {
             }
             None => Bytes::from(json),
         };
+        let signature = self.signing.as_ref().map(|sg| {
+            use secrecy::ExposeSecret;
+            let pq = self.url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let data = crate::signing::signed_data(&self.method, pq, &body);
+            let sig = crate::signing::sign(sg.algorithm, sg.key.expose_secret().as_bytes(), data);
+            HeaderValue::from_str(&sig).expect("base64 is a valid header value")
+        });
         PreparedRequest {
             body,
             raw_len,
             users: users.len(),
             request_id,
+            signature,
         }
     }
 
@@ -111,6 +129,9 @@ impl RequestBuilder {
         h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         if let Ok(v) = HeaderValue::from_str(&req.request_id) {
             h.insert(X_REQUEST_ID.clone(), v);
+        }
+        if let (Some(sg), Some(sig)) = (&self.signing, &req.signature) {
+            h.insert(sg.header.clone(), sig.clone());
         }
         r
     }

@@ -77,6 +77,8 @@ pub struct MockConfig {
     pub publish_scope: Option<String>,
     /// Faults in force from the start (see [`Faults`]).
     pub faults: Faults,
+    /// Require signed publish requests (403 when missing or wrong).
+    pub signing: Option<MockSigning>,
     /// Accepted credentials.
     #[serde(rename = "client")]
     pub clients: Vec<ClientSpec>,
@@ -97,6 +99,7 @@ impl Default for MockConfig {
             payload_capacity: 1000,
             publish_scope: None,
             faults: Faults::default(),
+            signing: None,
             clients: Vec::new(),
         }
     }
@@ -117,6 +120,21 @@ impl MockConfig {
             format!("{}:{line}: {key}: {}", path.display(), inner.message())
         })
     }
+}
+
+/// `[signing]` in the mock's config: how publish requests must be signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockSigning {
+    pub algorithm: crate::signing::Algorithm,
+    #[serde(default = "default_signature_header")]
+    pub header: String,
+    /// One key, or two during a rotation; a signature by either is accepted.
+    pub keys: Vec<String>,
+}
+
+fn default_signature_header() -> String {
+    "X-Signature".into()
 }
 
 /// A client the mock knows, with its secret held as a secret.

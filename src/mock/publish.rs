@@ -105,6 +105,36 @@ fn check(state: &MockState, parts: &Parts, body: &[u8]) -> Result<Accepted, Reje
         ));
     }
     let client = check_token(state, parts)?;
+    if let Some(sg) = &state.config().signing {
+        let given = parts
+            .headers
+            .get(sg.header.as_str())
+            .and_then(|v| v.to_str().ok());
+        let Some(given) = given else {
+            return Err(reject(
+                StatusCode::FORBIDDEN,
+                "missing_signature",
+                format!("no {} header", sg.header),
+            ));
+        };
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let data = crate::signing::signed_data(&parts.method, pq, body);
+        let keys: Vec<&[u8]> = sg.keys.iter().map(|k| k.as_bytes()).collect();
+        if !crate::signing::verify(sg.algorithm, &keys, data, given) {
+            return Err(reject(
+                StatusCode::FORBIDDEN,
+                "bad_signature",
+                format!(
+                    "{} does not match the request under any active key",
+                    sg.header
+                ),
+            ));
+        }
+    }
     let ct = parts
         .headers
         .get(header::CONTENT_TYPE)
