@@ -95,6 +95,7 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> Result<DemoSummary,
             client_secret: Some(secret.clone()),
             basic: None,
             scopes: vec![],
+            active: true,
         }],
         ..MockConfig::default()
     })

@@ -487,6 +487,7 @@ async fn mock_partner(
             client_secret: Some(secret.to_string()),
             basic: None,
             scopes: vec![],
+            active: true,
         });
     }
     if cfg.clients.is_empty() {
@@ -500,6 +501,7 @@ async fn mock_partner(
             client_secret: Some(secret),
             basic: None,
             scopes: vec![],
+            active: true,
         });
     }
     let mock = MockPartner::start(cfg).await.map_err(anyhow::Error::msg)?;

@@ -5,50 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine;
-use bytes::Bytes;
 use common::*;
-use http::{Method, Request};
-use http_body_util::Full;
-use irisd::transport::{decode_body, ClientOptions, HttpClient, Response};
-
-fn client(env: &Env) -> HttpClient {
-    HttpClient::new(&ClientOptions {
-        ca_file: Some(&env.ca()),
-        connect_timeout: Duration::from_secs(5),
-        pool_idle_timeout: Duration::from_secs(5),
-    })
-    .unwrap()
-}
-
-fn basic(id: &str, secret: &str) -> String {
-    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
-    )
-}
-
-async fn send(
-    env: &Env,
-    method: Method,
-    url: String,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (Response, serde_json::Value) {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
-    let resp = client(env)
-        .send(req, Duration::from_secs(5), 1 << 20)
-        .await
-        .unwrap();
-    let decoded = decode_body(&resp.headers, &resp.body, 1 << 20).unwrap();
-    let json = serde_json::from_slice(&decoded).unwrap_or(serde_json::Value::Null);
-    (resp, json)
-}
+use http::Method;
+use irisd::transport::Response;
 
 async fn token_request(
     env: &Env,
@@ -135,6 +94,7 @@ async fn opaque_basic_credentials_are_compared_as_is() {
             client_secret: None,
             basic: Some("zq2LOO1CcYGrODS5nXiNHpEz97eCpVHAoMF8".into()),
             scopes: vec![],
+            active: true,
         })
     })
     .await;

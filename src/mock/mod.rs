@@ -46,6 +46,13 @@ pub struct ClientSpec {
     /// Scopes this client may request; empty = any.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Inactive clients exist but get no tokens (`invalid_client`) until activated.
+    #[serde(default = "active_by_default")]
+    pub active: bool,
+}
+
+fn active_by_default() -> bool {
+    true
 }
 
 /// The mock partner's configuration (`irisd mock-partner --config FILE`).
@@ -60,6 +67,10 @@ pub struct MockConfig {
     pub token_path: String,
     /// Path of the segment publish endpoint.
     pub publish_path: String,
+    /// Path of the RFC 7662 introspection endpoint.
+    pub introspect_path: String,
+    /// Path of the RFC 7009 revocation endpoint.
+    pub revoke_path: String,
     /// Token lifetime in seconds; absent/0 = tokens never expire and `expires_in` is omitted,
     /// as in the IRIS example.
     pub token_ttl_secs: Option<u64>,
@@ -75,6 +86,12 @@ pub struct MockConfig {
     pub payload_capacity: usize,
     /// Scope a token must carry to publish (403 `insufficient_scope` otherwise); none = any.
     pub publish_scope: Option<String>,
+    /// Accept `client_id`/`client_secret` in the form body (RFC 6749 §2.3.1 allows it but
+    /// discourages it); both body and Basic at once is always `invalid_request`.
+    pub allow_body_credentials: bool,
+    /// Seconds a token validation result is trusted before the publish endpoint checks the
+    /// token again (revocation takes effect within this), like IMS's 10 minutes.
+    pub validation_interval_secs: u64,
     /// Faults in force from the start (see [`Faults`]).
     pub faults: Faults,
     /// Require signed publish requests (403 when missing or wrong).
@@ -91,6 +108,8 @@ impl Default for MockConfig {
             tls_dir: PathBuf::from("mock-partner-tls"),
             token_path: "/oauth2/token".into(),
             publish_path: "/segments/aam".into(),
+            introspect_path: "/oauth2/introspect".into(),
+            revoke_path: "/oauth2/revoke".into(),
             token_ttl_secs: Some(3600),
             strict_content_type: false,
             max_users: 100_000,
@@ -98,6 +117,8 @@ impl Default for MockConfig {
             journal_capacity: 1000,
             payload_capacity: 1000,
             publish_scope: None,
+            allow_body_credentials: false,
+            validation_interval_secs: 600,
             faults: Faults::default(),
             signing: None,
             clients: Vec::new(),
@@ -138,44 +159,35 @@ fn default_signature_header() -> String {
 }
 
 /// A client the mock knows, with its secret held as a secret.
-pub(crate) enum Client {
-    IdSecret {
-        id: String,
-        secret: SecretString,
-        scopes: Vec<String>,
-    },
-    Raw {
-        basic: SecretString,
-        scopes: Vec<String>,
-    },
+pub(crate) struct Client {
+    /// The client id (`(opaque basic)` for a client known by an opaque Basic value).
+    pub id: String,
+    /// RFC 6749 client secret; `None` for an opaque-Basic client.
+    pub secret: Option<SecretString>,
+    /// The opaque Basic value, for clients that have one.
+    pub basic: Option<SecretString>,
+    pub scopes: Vec<String>,
+    pub active: bool,
 }
 
 impl Client {
     fn from_spec(spec: &ClientSpec) -> Result<Client, String> {
         match (&spec.client_id, &spec.client_secret, &spec.basic) {
-            (Some(id), Some(secret), None) => Ok(Client::IdSecret {
+            (Some(id), Some(secret), None) => Ok(Client {
                 id: id.clone(),
-                secret: SecretString::from(secret.clone()),
+                secret: Some(SecretString::from(secret.clone())),
+                basic: None,
                 scopes: spec.scopes.clone(),
+                active: spec.active,
             }),
-            (None, None, Some(basic)) => Ok(Client::Raw {
-                basic: SecretString::from(basic.clone()),
+            (id, None, Some(basic)) => Ok(Client {
+                id: id.clone().unwrap_or_else(|| "(opaque basic)".into()),
+                secret: None,
+                basic: Some(SecretString::from(basic.clone())),
                 scopes: spec.scopes.clone(),
+                active: spec.active,
             }),
             _ => Err("a client has either client_id and client_secret, or basic".into()),
-        }
-    }
-
-    pub(crate) fn name(&self) -> &str {
-        match self {
-            Client::IdSecret { id, .. } => id,
-            Client::Raw { .. } => "(opaque basic)",
-        }
-    }
-
-    fn scopes(&self) -> &[String] {
-        match self {
-            Client::IdSecret { scopes, .. } | Client::Raw { scopes, .. } => scopes,
         }
     }
 }
@@ -184,7 +196,12 @@ impl Client {
 pub(crate) struct Issued {
     pub client: String,
     pub scopes: Vec<String>,
+    pub issued_at: Instant,
     pub expires_at: Option<Instant>,
+    /// Revoked (RFC 7009): refused from the next validation on.
+    pub revoked: bool,
+    /// When the publish endpoint last validated it (validation results are cached).
+    pub validated_at: Instant,
 }
 
 /// Counters, readable at `GET /_mock/stats`.
@@ -251,6 +268,29 @@ pub struct MockState {
     seq: std::sync::atomic::AtomicU64,
     faults: RwLock<Faults>,
     seen: Mutex<Seen>,
+    audit: Mutex<VecDeque<AuditEntry>>,
+}
+
+/// One line of the token audit journal: never the token, only a short hash of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    pub client: String,
+    /// `issued`, `rejected`, `validated`, `invalidated`, `revoked`.
+    pub event: String,
+    /// First 12 hex digits of the token's SHA-256 (empty when there is no token).
+    pub token_hash: String,
+    pub detail: String,
+}
+
+/// A short, non-reversible name for a token in the audit journal.
+pub fn token_hash(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Deliveries per user and per request id, for duplicate counting.
@@ -274,6 +314,7 @@ impl MockState {
         Ok(Self {
             faults: RwLock::new(cfg.faults.clone()),
             seen: Mutex::new(Seen::default()),
+            audit: Mutex::new(VecDeque::new()),
             cfg,
             started: Instant::now(),
             clients: RwLock::new(clients),
@@ -298,6 +339,99 @@ impl MockState {
         s.duplicate_request_ids = seen.duplicate_request_ids;
         s.tracking_truncated = seen.truncated;
         s
+    }
+
+    /// Records a token event in the audit journal (bounded like the request journal).
+    pub(crate) fn audit(&self, client: &str, event: &str, token: Option<&str>, detail: &str) {
+        let entry = AuditEntry {
+            at_ms: self.started.elapsed().as_millis() as u64,
+            client: client.to_string(),
+            event: event.to_string(),
+            token_hash: token.map(token_hash).unwrap_or_default(),
+            detail: detail.to_string(),
+        };
+        let mut a = lock(&self.audit);
+        if a.len() >= self.cfg.journal_capacity.max(1) * 10 {
+            a.pop_front();
+        }
+        a.push_back(entry);
+    }
+
+    /// The token audit journal, oldest first.
+    pub fn audit_journal(&self) -> Vec<AuditEntry> {
+        lock(&self.audit).iter().cloned().collect()
+    }
+
+    /// Adds a client at run time (inactive unless `active`); returns its secret (generated
+    /// when not given).
+    pub fn add_client(
+        &self,
+        id: &str,
+        secret: Option<String>,
+        scopes: Vec<String>,
+        active: bool,
+    ) -> Result<String, String> {
+        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        if clients.iter().any(|c| c.id == id) {
+            return Err(format!("client {id:?} exists"));
+        }
+        let secret = secret.unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
+        clients.push(Client {
+            id: id.to_string(),
+            secret: Some(SecretString::from(secret.clone())),
+            basic: None,
+            scopes,
+            active,
+        });
+        Ok(secret)
+    }
+
+    /// Activates or deactivates a client; a deactivated client's tokens fail their next validation.
+    pub fn set_client_active(&self, id: &str, active: bool) -> Result<(), String> {
+        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        let c = clients
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(|| format!("no client {id:?}"))?;
+        c.active = active;
+        Ok(())
+    }
+
+    /// Deletes a client and revokes its tokens at once.
+    pub fn delete_client(&self, id: &str) -> Result<(), String> {
+        {
+            let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+            let before = clients.len();
+            clients.retain(|c| c.id != id);
+            if clients.len() == before {
+                return Err(format!("no client {id:?}"));
+            }
+        }
+        self.drop_tokens_of(id, "client deleted");
+        Ok(())
+    }
+
+    /// Clients without their secrets: id, active, scopes.
+    pub fn client_list(&self) -> Vec<serde_json::Value> {
+        self.clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| serde_json::json!({"client_id": c.id, "active": c.active, "scopes": c.scopes}))
+            .collect()
+    }
+
+    fn drop_tokens_of(&self, client: &str, why: &str) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = tokens
+            .iter()
+            .filter(|(_, t)| t.client == client)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            tokens.remove(&k);
+            self.audit(client, "revoked", Some(&k), why);
+        }
     }
 
     /// How many times each `AAM_UUID` was accepted.
@@ -332,16 +466,11 @@ impl MockState {
             let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
             let client = clients
                 .iter_mut()
-                .find(|c| matches!(c, Client::IdSecret { id, .. } if id == client_id))
-                .ok_or_else(|| format!("no client {client_id:?}"))?;
-            if let Client::IdSecret { secret: s, .. } = client {
-                *s = SecretString::from(secret.clone());
-            }
+                .find(|c| c.id == client_id && c.secret.is_some())
+                .ok_or_else(|| format!("no client {client_id:?} with a secret"))?;
+            client.secret = Some(SecretString::from(secret.clone()));
         }
-        self.tokens
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, t| t.client != client_id);
+        self.drop_tokens_of(client_id, "client reauthorized");
         Ok(secret)
     }
 
@@ -553,6 +682,18 @@ async fn route(
         }
         return Ok(token::handle(&state, &parts, &body));
     }
+    if path == state.cfg.introspect_path || path == state.cfg.revoke_path {
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, 64 * 1024).await {
+            Ok(b) => b,
+            Err(r) => return Ok(r),
+        };
+        return Ok(if path == state.cfg.introspect_path {
+            token::introspect(&state, &parts, &body)
+        } else {
+            token::revoke(&state, &parts, &body)
+        });
+    }
     if path == state.cfg.publish_path {
         let (parts, body) = req.into_parts();
         let body = match read_body(body, state.cfg.max_body_bytes).await {
@@ -602,6 +743,71 @@ async fn route(
         (&Method::POST, "/_mock/revoke") => {
             let n = state.revoke_all_tokens();
             json_response(StatusCode::OK, &serde_json::json!({"revoked": n}))
+        }
+        (&Method::GET, "/_mock/audit") => json_response(
+            StatusCode::OK,
+            &serde_json::to_value(state.audit_journal()).unwrap_or_default(),
+        ),
+        (&Method::GET, "/_mock/clients") => {
+            json_response(StatusCode::OK, &serde_json::json!(state.client_list()))
+        }
+        (&Method::POST, "/_mock/clients") => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct NewClient {
+                client_id: String,
+                client_secret: Option<String>,
+                #[serde(default)]
+                scopes: Vec<String>,
+                #[serde(default)]
+                active: bool,
+            }
+            let body = match read_body(req.into_body(), 64 * 1024).await {
+                Ok(b) => b,
+                Err(r) => return Ok(r),
+            };
+            match serde_json::from_slice::<NewClient>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    state
+                        .add_client(&c.client_id, c.client_secret, c.scopes, c.active)
+                        .map(|s| (c.client_id, c.active, s))
+                }) {
+                // The secret is returned once, to the admin who created the client.
+                Ok((id, active, secret)) => json_response(
+                    StatusCode::CREATED,
+                    &serde_json::json!({"client_id": id, "client_secret": secret, "active": active}),
+                ),
+                Err(e) => error_response(StatusCode::BAD_REQUEST, format!("clients: {e}")),
+            }
+        }
+        (method, p) if p.starts_with("/_mock/clients/") => {
+            let rest = &p["/_mock/clients/".len()..];
+            let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+            let id = percent_encoding::percent_decode_str(id)
+                .decode_utf8_lossy()
+                .into_owned();
+            let result = match (method, action) {
+                (&Method::POST, "activate") => state
+                    .set_client_active(&id, true)
+                    .map(|_| serde_json::json!({"active": true})),
+                (&Method::POST, "deactivate") => state
+                    .set_client_active(&id, false)
+                    .map(|_| serde_json::json!({"active": false})),
+                (&Method::POST, "reauthorize") => state
+                    .rotate_secret(&id, None)
+                    .map(|s| serde_json::json!({"client_id": id, "client_secret": s})),
+                (&Method::DELETE, "") => state
+                    .delete_client(&id)
+                    .map(|_| serde_json::json!({"deleted": id})),
+                _ => Err(format!(
+                    "unknown action {action:?}: use POST activate|deactivate|reauthorize or DELETE"
+                )),
+            };
+            match result {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => error_response(StatusCode::NOT_FOUND, e),
+            }
         }
         (&Method::POST, "/_mock/rotate") => {
             #[derive(Deserialize)]

@@ -65,26 +65,63 @@ fn check_token(state: &MockState, parts: &Parts) -> Result<String, Rejection> {
         www_authenticate: Some(bearer_challenge(Some(("invalid_token", desc)))),
         ..reject(StatusCode::UNAUTHORIZED, "invalid_token", desc)
     };
-    let tokens = state.tokens.read().unwrap_or_else(|e| e.into_inner());
-    match tokens.get(token) {
-        None => Err(invalid("the access token is unknown or revoked")),
-        Some(t) if t.expires_at.is_some_and(|e| Instant::now() >= e) => {
-            Err(invalid("the access token expired"))
+    let now = Instant::now();
+    let interval = std::time::Duration::from_secs(state.config().validation_interval_secs);
+    let mut tokens = state.tokens.write().unwrap_or_else(|e| e.into_inner());
+    let Some(t) = tokens.get_mut(token) else {
+        drop(tokens);
+        state.audit(
+            "?",
+            "rejected",
+            Some(token),
+            "unknown or revoked token presented",
+        );
+        return Err(invalid("the access token is unknown or revoked"));
+    };
+    if t.expires_at.is_some_and(|e| now >= e) {
+        let client = t.client.clone();
+        drop(tokens);
+        state.audit(&client, "rejected", Some(token), "expired token presented");
+        return Err(invalid("the access token expired"));
+    }
+    // Validation results are cached for `validation_interval_secs` (IMS re-checks tokens older
+    // than 10 minutes): a revocation takes effect at the next check.
+    if now.duration_since(t.validated_at) >= interval {
+        let client_ok = state
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|c| c.id == t.client && c.active);
+        let client = t.client.clone();
+        if t.revoked || !client_ok {
+            tokens.remove(token);
+            drop(tokens);
+            let why = if client_ok {
+                "revoked"
+            } else {
+                "client inactive or deleted"
+            };
+            state.audit(&client, "invalidated", Some(token), why);
+            return Err(invalid("the access token was revoked"));
         }
-        Some(t) => match &state.config().publish_scope {
-            Some(scope) if !t.scopes.contains(scope) => Err(Rejection {
-                www_authenticate: Some(bearer_challenge(Some((
-                    "insufficient_scope",
-                    "the token lacks the publish scope",
-                )))),
-                ..reject(
-                    StatusCode::FORBIDDEN,
-                    "insufficient_scope",
-                    format!("the token lacks scope {scope:?}"),
-                )
-            }),
-            _ => Ok(t.client.clone()),
-        },
+        t.validated_at = now;
+        state.audit(&client, "validated", Some(token), "");
+    }
+    let t = &*t;
+    match &state.config().publish_scope {
+        Some(scope) if !t.scopes.contains(scope) => Err(Rejection {
+            www_authenticate: Some(bearer_challenge(Some((
+                "insufficient_scope",
+                "the token lacks the publish scope",
+            )))),
+            ..reject(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!("the token lacks scope {scope:?}"),
+            )
+        }),
+        _ => Ok(t.client.clone()),
     }
 }
 

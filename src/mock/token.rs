@@ -112,39 +112,30 @@ fn authenticate<'c>(clients: &'c [Client], authorization: &str) -> Result<&'c Cl
     let mut found = None;
     // Every client is compared (no early exit) so timing does not tell which part matched.
     for c in clients {
-        let ok = match c {
-            Client::Raw { basic, .. } => {
-                bool::from(basic.expose_secret().as_bytes().ct_eq(creds.as_bytes()))
-            }
-            Client::IdSecret { id, secret, .. } => match &decoded {
-                Some((rid, rsecret)) => {
-                    let id_ok = id.as_bytes().ct_eq(rid.as_bytes());
-                    let secret_ok = secret.expose_secret().as_bytes().ct_eq(rsecret.as_bytes());
-                    bool::from(id_ok & secret_ok)
-                }
-                None => false,
-            },
+        let raw_ok = c
+            .basic
+            .as_ref()
+            .is_some_and(|b| bool::from(b.expose_secret().as_bytes().ct_eq(creds.as_bytes())));
+        let pair_ok = match (&decoded, &c.secret) {
+            (Some((id, secret)), Some(s)) => id_secret_match(c, s, id, secret),
+            _ => false,
         };
-        if ok && found.is_none() {
+        if (raw_ok || pair_ok) && found.is_none() {
             found = Some(c);
         }
     }
     found.ok_or_else(|| unauthorized("unknown client or wrong secret"))
 }
 
-/// Checks a token request and returns the client and granted scopes.
-fn check(
-    state: &MockState,
-    parts: &Parts,
-    body: &[u8],
-) -> Result<(String, Vec<String>), OAuthError> {
+fn id_secret_match(c: &Client, secret: &secrecy::SecretString, id: &str, given: &str) -> bool {
+    let id_ok = c.id.as_bytes().ct_eq(id.as_bytes());
+    let secret_ok = secret.expose_secret().as_bytes().ct_eq(given.as_bytes());
+    bool::from(id_ok & secret_ok)
+}
+
+/// Parses a form body strictly: valid escapes, UTF-8, no repeated parameter.
+fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
     let bad = |d: String| oauth_err(StatusCode::BAD_REQUEST, "invalid_request", d);
-    let ct = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("?"))
-        .ok_or_else(|| bad("missing Content-Type".into()))?;
-    content_type_ok(ct, state.config().strict_content_type).map_err(bad)?;
     let body = std::str::from_utf8(body).map_err(|_| bad("body is not UTF-8".into()))?;
     let mut params: Vec<(String, String)> = Vec::new();
     for pair in body.split('&').filter(|p| !p.is_empty()) {
@@ -156,28 +147,107 @@ fn check(
         }
         params.push((k, v));
     }
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let grant_type = param("grant_type").ok_or_else(|| bad("missing grant_type".into()))?;
+    Ok(params)
+}
 
+fn param<'p>(params: &'p [(String, String)], name: &str) -> Option<&'p str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The authenticated client's id and scopes, and the request's form parameters.
+type Authenticated = (String, Vec<String>, Vec<(String, String)>);
+
+/// Content type, form, and client authentication (Basic, or the body when enabled): what the
+/// token, introspection and revocation endpoints all check first. Returns the client's id and
+/// scopes, and the form.
+fn authenticate_request(
+    state: &MockState,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<Authenticated, OAuthError> {
+    let bad = |d: String| oauth_err(StatusCode::BAD_REQUEST, "invalid_request", d);
+    let ct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?"))
+        .ok_or_else(|| bad("missing Content-Type".into()))?;
+    content_type_ok(ct, state.config().strict_content_type).map_err(bad)?;
+    let params = parse_form(body)?;
     let authorization = parts
         .headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            oauth_err(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "no client authentication",
-            )
-        })?;
+        .and_then(|v| v.to_str().ok());
+    let body_id = param(&params, "client_id");
+    let body_secret = param(&params, "client_secret");
     let clients = state.clients.read().unwrap_or_else(|e| e.into_inner());
-    let client = authenticate(&clients, authorization)?;
+    let client = match (authorization, body_secret) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "more than one client authentication method (Basic and client_secret in the body); RFC 6749 §2.3 allows one".into(),
+            ))
+        }
+        (Some(a), None) => authenticate(&clients, a)?,
+        (None, Some(secret)) => {
+            if !state.config().allow_body_credentials {
+                return Err(oauth_err(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "client credentials in the body are not accepted here; use HTTP Basic",
+                ));
+            }
+            let id = body_id.ok_or_else(|| bad("client_secret without client_id".into()))?;
+            let mut found = None;
+            for c in clients.iter() {
+                let ok = c.secret.as_ref().is_some_and(|s| id_secret_match(c, s, id, secret));
+                if ok && found.is_none() {
+                    found = Some(c);
+                }
+            }
+            found.ok_or_else(|| oauth_err(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client or wrong secret"))?
+        }
+        (None, None) => {
+            return Err(oauth_err(StatusCode::UNAUTHORIZED, "invalid_client", "no client authentication"))
+        }
+    };
+    if !client.active {
+        return Err(oauth_err(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "the client is inactive",
+        ));
+    }
+    Ok((client.id.clone(), client.scopes.clone(), params))
+}
 
+/// Checks a token request and returns the client and granted scopes.
+fn check(
+    state: &MockState,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<(String, Vec<String>), OAuthError> {
+    let bad = |d: String| oauth_err(StatusCode::BAD_REQUEST, "invalid_request", d);
+    // The form's own errors come before client authentication (so a malformed request is
+    // invalid_request even with bad credentials).
+    let params = parse_form(body).and_then(|p| {
+        param(&p, "grant_type")
+            .map(|_| ())
+            .ok_or_else(|| bad("missing grant_type".into()))
+    });
+    if let Err(e) = params {
+        let ct_ok = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| content_type_ok(ct, state.config().strict_content_type).is_ok());
+        if ct_ok {
+            return Err(e);
+        }
+    }
+    let (client, allowed, params) = authenticate_request(state, parts, body)?;
+    let grant_type = param(&params, "grant_type").unwrap_or_default();
     if grant_type != "client_credentials" {
         return Err(oauth_err(
             StatusCode::BAD_REQUEST,
@@ -185,7 +255,7 @@ fn check(
             format!("grant_type {grant_type:?} is not supported; use client_credentials"),
         ));
     }
-    let requested: Vec<String> = param("scope")
+    let requested: Vec<String> = param(&params, "scope")
         .map(|s| {
             s.split(' ')
                 .filter(|s| !s.is_empty())
@@ -193,7 +263,6 @@ fn check(
                 .collect()
         })
         .unwrap_or_default();
-    let allowed = client.scopes();
     if !allowed.is_empty() {
         if let Some(s) = requested.iter().find(|s| !allowed.contains(s)) {
             return Err(oauth_err(
@@ -204,11 +273,133 @@ fn check(
         }
     }
     let granted = if requested.is_empty() {
-        allowed.to_vec()
+        allowed
     } else {
         requested
     };
-    Ok((client.name().to_string(), granted))
+    Ok((client, granted))
+}
+
+/// A JSON answer with `Cache-Control: no-store` and `Pragma: no-cache` (every token-related
+/// answer carries them, errors included).
+fn no_store_json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn oauth_error_response(e: &OAuthError) -> Response<Full<Bytes>> {
+    let mut r = no_store_json(
+        e.status,
+        &serde_json::json!({ "error": e.code, "error_description": e.description }),
+    );
+    if e.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&format!("Basic realm=\"{REALM}\", charset=\"UTF-8\""))
+                .expect("static"),
+        );
+    }
+    if e.status == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    r
+}
+
+/// RFC 7662 token introspection: `{"active": false}` for anything not currently valid.
+pub fn introspect(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
+    if parts.method != Method::POST {
+        return oauth_error_response(&oauth_err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "POST only",
+        ));
+    }
+    let (caller, _, params) = match authenticate_request(state, parts, body) {
+        Ok(x) => x,
+        Err(e) => return oauth_error_response(&e),
+    };
+    let Some(token) = param(&params, "token") else {
+        return oauth_error_response(&oauth_err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "missing token",
+        ));
+    };
+    let now = Instant::now();
+    let tokens = state.tokens.read().unwrap_or_else(|e| e.into_inner());
+    let answer = match tokens.get(token) {
+        Some(t) if !t.revoked && t.expires_at.is_none_or(|e| now < e) => {
+            let unix = jiff::Timestamp::now().as_second();
+            let mut v = serde_json::json!({
+                "active": true,
+                "client_id": t.client,
+                "token_type": "Bearer",
+                "iat": unix - now.duration_since(t.issued_at).as_secs() as i64,
+            });
+            if !t.scopes.is_empty() {
+                v["scope"] = t.scopes.join(" ").into();
+            }
+            if let Some(e) = t.expires_at {
+                v["exp"] = (unix + e.duration_since(now).as_secs() as i64).into();
+            }
+            v
+        }
+        _ => serde_json::json!({ "active": false }),
+    };
+    drop(tokens);
+    state.audit(
+        &caller,
+        "introspected",
+        Some(token),
+        &answer["active"].to_string(),
+    );
+    no_store_json(StatusCode::OK, &answer)
+}
+
+/// RFC 7009 token revocation: 200 whether or not the token is known. The publish endpoint
+/// refuses a revoked token from its next validation on (`validation_interval_secs`).
+pub fn revoke(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
+    if parts.method != Method::POST {
+        return oauth_error_response(&oauth_err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "POST only",
+        ));
+    }
+    let (caller, _, params) = match authenticate_request(state, parts, body) {
+        Ok(x) => x,
+        Err(e) => return oauth_error_response(&e),
+    };
+    let Some(token) = param(&params, "token") else {
+        return oauth_error_response(&oauth_err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "missing token",
+        ));
+    };
+    let mut tokens = state.tokens.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = tokens.get_mut(token) {
+        if t.client != caller {
+            return oauth_error_response(&oauth_err(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "the token was issued to another client",
+            ));
+        }
+        t.revoked = true;
+        drop(tokens);
+        state.audit(&caller, "revoked", Some(token), "RFC 7009 revocation");
+    }
+    no_store_json(StatusCode::OK, &serde_json::json!({}))
 }
 
 /// A new random access token: 256 bits, base64url.
@@ -253,6 +444,7 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
         Ok((client, scopes)) => {
             let token = new_token();
             let ttl = state.token_ttl();
+            let now = Instant::now();
             state
                 .tokens
                 .write()
@@ -262,9 +454,13 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
                     Issued {
                         client: client.clone(),
                         scopes: scopes.clone(),
-                        expires_at: ttl.map(|t| Instant::now() + t),
+                        issued_at: now,
+                        expires_at: ttl.map(|t| now + t),
+                        revoked: false,
+                        validated_at: now,
                     },
                 );
+            state.audit(&client, "issued", Some(&token), "");
             state.count(|s| s.tokens_issued += 1);
             let mut body = serde_json::json!({ "token_type": "Bearer", "access_token": token });
             if let Some(ttl) = ttl {
@@ -282,6 +478,12 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
         }
         Err(e) => {
             state.count(|s| *s.token_rejections.entry(e.code.to_string()).or_default() += 1);
+            state.audit(
+                "?",
+                "rejected",
+                None,
+                &format!("{}: {}", e.code, e.description),
+            );
             let body = serde_json::json!({ "error": e.code, "error_description": e.description });
             (e.status, body, e.code.to_string(), e.description.clone())
         }
@@ -358,10 +560,12 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_form_decoded() {
-        let clients = vec![Client::IdSecret {
+        let clients = vec![Client {
             id: "id:1 é".into(),
-            secret: secrecy::SecretString::from("p@ss+w%rd!".to_string()),
+            secret: Some(secrecy::SecretString::from("p@ss+w%rd!".to_string())),
+            basic: None,
             scopes: vec![],
+            active: true,
         }];
         let creds = crate::oauth::Credentials::ClientSecret {
             client_id: "id:1 é".into(),

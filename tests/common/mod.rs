@@ -9,12 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use base64::Engine;
 use bytes::Bytes;
+use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use irisd::config::Config;
 use irisd::mock::{ClientSpec, MockConfig, MockPartner};
+use irisd::transport::{decode_body, ClientOptions, HttpClient, Response};
 use tempfile::TempDir;
 
 pub const CLIENT_ID: &str = "iris-test";
@@ -36,6 +39,7 @@ pub async fn mock(tweak: impl FnOnce(&mut MockConfig)) -> Env {
             client_secret: Some(CLIENT_SECRET.into()),
             basic: None,
             scopes: vec![],
+            active: true,
         }],
         ..MockConfig::default()
     };
@@ -198,4 +202,44 @@ pub fn spawn_daemon(config: &Path, grace_secs: u64) -> (Proc, SocketAddr) {
     // Keep draining the pipe so the daemon never blocks on a full stderr.
     std::thread::spawn(move || while rx.recv().is_ok() {});
     (Proc(child), addr)
+}
+
+pub fn https_client(env: &Env) -> HttpClient {
+    HttpClient::new(&ClientOptions {
+        ca_file: Some(&env.ca()),
+        connect_timeout: Duration::from_secs(5),
+        pool_idle_timeout: Duration::from_secs(5),
+    })
+    .unwrap()
+}
+
+/// `Basic` + RFC 6749 §2.3.1 encoding of an id and secret.
+pub fn basic(id: &str, secret: &str) -> String {
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+    )
+}
+
+/// Sends a request to the mock over TLS; returns the response and its decoded JSON body.
+pub async fn send(
+    env: &Env,
+    method: Method,
+    url: String,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (Response, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let resp = https_client(env)
+        .send(req, Duration::from_secs(5), 1 << 20)
+        .await
+        .unwrap();
+    let decoded = decode_body(&resp.headers, &resp.body, 1 << 20).unwrap();
+    let json = serde_json::from_slice(&decoded).unwrap_or(serde_json::Value::Null);
+    (resp, json)
 }
