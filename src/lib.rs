@@ -22,3 +22,4 @@ pub mod server;
 pub mod signing;
 pub mod spool;
 pub mod transport;
+pub mod verify;

@@ -82,6 +82,46 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Check a partner's real endpoints the way IRIS will use them (pass / warn / fail per
+    /// check, with evidence and latency). Exits non-zero if any check fails.
+    Verify {
+        /// The partner's token endpoint.
+        #[arg(long)]
+        token_url: http::Uri,
+        /// The partner's segment publish endpoint.
+        #[arg(long)]
+        publish_url: http::Uri,
+        /// OAuth client id (with --client-secret-env or --client-secret-file).
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Environment variable holding the client secret.
+        #[arg(long)]
+        client_secret_env: Option<String>,
+        /// File holding the client secret.
+        #[arg(long)]
+        client_secret_file: Option<PathBuf>,
+        /// Environment variable holding an opaque partner-issued Basic value.
+        #[arg(long)]
+        basic_env: Option<String>,
+        /// File holding an opaque partner-issued Basic value.
+        #[arg(long)]
+        basic_file: Option<PathBuf>,
+        /// Scope to request.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Publish method the destination will use.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// Extra trust root (PEM).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Time the partner has to answer a publish (IRIS: 3000 ms).
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+        /// `table`, `json` or `junit`.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Show a running daemon's per-destination summary (from its admin listener).
     Status {
         /// The daemon's admin address (`[admin] listen`), e.g. 127.0.0.1:9701.
@@ -209,6 +249,70 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action } => dlq(action),
         Command::Status { admin } => status(admin).await,
+        Command::Verify {
+            token_url,
+            publish_url,
+            client_id,
+            client_secret_env,
+            client_secret_file,
+            basic_env,
+            basic_file,
+            scope,
+            method,
+            ca_file,
+            timeout_ms,
+            format,
+        } => {
+            let read_env = |v: &str| {
+                std::env::var(v).with_context(|| format!("environment variable {v} is not set"))
+            };
+            let read_file = |p: &PathBuf| -> anyhow::Result<String> {
+                Ok(std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string())
+            };
+            let credentials = match (client_id, client_secret_env, client_secret_file, basic_env, basic_file) {
+                (Some(id), Some(env), None, None, None) => irisd::oauth::Credentials::ClientSecret {
+                    client_id: id,
+                    secret: secrecy::SecretString::from(read_env(&env)?),
+                },
+                (Some(id), None, Some(file), None, None) => irisd::oauth::Credentials::ClientSecret {
+                    client_id: id,
+                    secret: secrecy::SecretString::from(read_file(&file)?),
+                },
+                (None, None, None, Some(env), None) => irisd::oauth::Credentials::Basic(secrecy::SecretString::from(read_env(&env)?)),
+                (None, None, None, None, Some(file)) => irisd::oauth::Credentials::Basic(secrecy::SecretString::from(read_file(&file)?)),
+                _ => bail!("give --client-id with --client-secret-env or --client-secret-file, or one of --basic-env, --basic-file"),
+            };
+            let method = match method.to_ascii_uppercase().as_str() {
+                "GET" => http::Method::GET,
+                "POST" => http::Method::POST,
+                "PUT" => http::Method::PUT,
+                other => bail!("--method {other:?}: expected GET, POST or PUT"),
+            };
+            let checks = irisd::verify::run(&irisd::verify::VerifyOptions {
+                token_url,
+                publish_url,
+                credentials,
+                scope,
+                method,
+                ca_file,
+                timeout: Duration::from_millis(timeout_ms),
+            })
+            .await;
+            match format.as_str() {
+                "table" => print!("{}", irisd::verify::table(&checks)),
+                "json" => println!("{}", serde_json::to_string_pretty(&checks)?),
+                "junit" => print!("{}", irisd::verify::junit(&checks)),
+                other => bail!("--format {other:?}: expected table, json or junit"),
+            }
+            Ok(if irisd::verify::passed(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Batch {
             action:
                 BatchAction::Run {
