@@ -18,6 +18,10 @@ use irisd::mock::{ClientSpec, MockConfig, MockPartner};
 #[derive(Parser)]
 #[command(name = "irisd", version, about, long_about = None)]
 struct Cli {
+    /// Log format on stderr: `text` (readable) or `json` (one object per line, for collectors).
+    /// The level comes from RUST_LOG (default info).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -201,7 +205,10 @@ enum DlqAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(e) = init_logging(&cli.log_format) {
+        eprintln!("irisd: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -221,14 +228,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        "text" => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        "json" => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        other => return Err(format!("--log-format {other:?}: expected text or json")),
+    }
+    Ok(())
 }
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {

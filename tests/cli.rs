@@ -110,3 +110,30 @@ async fn run_delivers_and_exits_0_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_destination() {
+    let out = irisd()
+        .args(["--log-format", "json", "demo", "--seconds", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let token = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "obtained access token")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(token["fields"]["destination"], "demo-partner");
+    assert_eq!(token["level"], "INFO");
+    let bad = irisd()
+        .args(["--log-format", "xml", "demo"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--log-format"));
+}

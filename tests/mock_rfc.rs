@@ -406,3 +406,47 @@ async fn the_audit_journal_records_token_events_without_token_values() {
         "never a secret"
     );
 }
+
+#[tokio::test]
+async fn the_request_journal_can_be_filtered() {
+    let env = mock(|_| {}).await;
+    let _ = token(&env).await;
+    let _ = form(
+        &env,
+        "/oauth2/token",
+        Some(&basic(CLIENT_ID, "nope-123")),
+        "grant_type=client_credentials",
+    )
+    .await;
+    let _ = form(&env, "/oauth2/token", Some(&me()), "grant_type=password").await;
+    let (_, all) = send(&env, Method::GET, env.mock.url("/_mock/requests"), &[], b"").await;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let (_, rejected) = send(
+        &env,
+        Method::GET,
+        env.mock.url("/_mock/requests?verdict=invalid_client"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(rejected.as_array().unwrap().len(), 1);
+    assert_eq!(rejected[0]["status"], 401);
+    let (_, last) = send(
+        &env,
+        Method::GET,
+        env.mock.url("/_mock/requests?path=/oauth2/token&limit=1"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(last[0]["verdict"], "unsupported_grant_type");
+    let (resp, _) = send(
+        &env,
+        Method::GET,
+        env.mock.url("/_mock/requests?verdikt=x"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 400, "a misspelt filter is an error");
+}

@@ -247,6 +247,64 @@ pub struct JournalEntry {
     pub detail: String,
 }
 
+/// Filters of `GET /_mock/requests?verdict=..&path=..&method=..&status=..&limit=..`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct JournalFilter {
+    pub verdict: Option<String>,
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub status: Option<u16>,
+    /// The newest this-many entries.
+    pub limit: Option<usize>,
+}
+
+impl JournalFilter {
+    /// Parses a query string; unknown parameters are errors (a typo should not match all).
+    pub fn parse(query: &str) -> Result<Self, String> {
+        let mut f = JournalFilter::default();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "verdict" => f.verdict = Some(v.into_owned()),
+                "path" => f.path = Some(v.into_owned()),
+                "method" => f.method = Some(v.to_ascii_uppercase()),
+                "status" => {
+                    f.status = Some(
+                        v.parse()
+                            .map_err(|_| format!("status {v:?} is not a number"))?,
+                    )
+                }
+                "limit" => {
+                    f.limit = Some(
+                        v.parse()
+                            .map_err(|_| format!("limit {v:?} is not a number"))?,
+                    )
+                }
+                other => {
+                    return Err(format!(
+                        "unknown filter {other:?}: use verdict, path, method, status, limit"
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn apply(&self, entries: Vec<JournalEntry>) -> Vec<JournalEntry> {
+        let mut out: Vec<JournalEntry> = entries
+            .into_iter()
+            .filter(|e| self.verdict.as_ref().is_none_or(|v| &e.verdict == v))
+            .filter(|e| self.path.as_ref().is_none_or(|p| &e.path == p))
+            .filter(|e| self.method.as_ref().is_none_or(|m| &e.method == m))
+            .filter(|e| self.status.is_none_or(|s| e.status == s))
+            .collect();
+        if let Some(n) = self.limit {
+            let skip = out.len().saturating_sub(n);
+            out.drain(..skip);
+        }
+        out
+    }
+}
+
 /// A payload the publish endpoint accepted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Received {
@@ -707,10 +765,16 @@ async fn route(
             StatusCode::OK,
             &serde_json::to_value(state.stats()).unwrap_or_default(),
         ),
-        (&Method::GET, "/_mock/requests") => json_response(
-            StatusCode::OK,
-            &serde_json::to_value(state.journal()).unwrap_or_default(),
-        ),
+        (&Method::GET, "/_mock/requests") => {
+            let query = req.uri().query().unwrap_or("");
+            match JournalFilter::parse(query) {
+                Ok(f) => json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(f.apply(state.journal())).unwrap_or_default(),
+                ),
+                Err(e) => error_response(StatusCode::BAD_REQUEST, e),
+            }
+        }
         (&Method::GET, "/_mock/received") => json_response(
             StatusCode::OK,
             &serde_json::to_value(state.received()).unwrap_or_default(),
