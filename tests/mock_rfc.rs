@@ -450,3 +450,61 @@ async fn the_request_journal_can_be_filtered() {
     .await;
     assert_eq!(resp.status, 400, "a misspelt filter is an error");
 }
+
+#[tokio::test]
+async fn a_scenario_file_replays_fault_phases_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scenario.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"listen = "127.0.0.1:0"
+tls_dir = "{}"
+token_ttl_secs = 120
+
+[[client]]
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+
+[[phase]]
+requests = 2
+
+[[phase]]
+requests = 3
+faults = {{ error_rate = 1.0, error_status = 503 }}
+
+[[phase]]
+seconds = 0.5
+faults = {{ error_rate = 1.0, error_status = 429, retry_after_secs = 5 }}
+
+[[phase]]
+"#,
+            dir.path().join("tls").display()
+        ),
+    )
+    .unwrap();
+    let cfg = irisd::mock::MockConfig::load(&path).unwrap();
+    assert_eq!(cfg.phases.len(), 4);
+    let env = Env {
+        mock: irisd::mock::MockPartner::start(cfg).await.unwrap(),
+        dir,
+    };
+    let t = token(&env).await;
+    let payload = r#"{"ProcessTime":"Wed Jul 27 16:17:42 UTC 2016","User_DPID":"1","Client_ID":"2","AAM_Destination_Id":"3","User_count":"1","Users":[{"AAM_UUID":"1","DataPartner_UUID":"","Segments":[{"Segment_ID":"1","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}]}]}"#;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(publish(&env, &t, payload).await);
+    }
+    assert_eq!(statuses, [200, 200, 503, 503, 503, 429]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        publish(&env, &t, payload).await,
+        200,
+        "the last phase lasts"
+    );
+    let (_, pos) = send(&env, Method::GET, env.mock.url("/_mock/scenario"), &[], b"").await;
+    assert_eq!(
+        (pos["phase"].as_u64(), pos["phases"].as_u64()),
+        (Some(3), Some(4))
+    );
+}

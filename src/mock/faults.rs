@@ -165,3 +165,88 @@ mod tests {
         .contains("error_status"));
     }
 }
+
+/// One phase of a scenario: faults in force for a number of publish requests or seconds
+/// (neither: until the end).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// The phase ends after this many publish requests...
+    pub requests: Option<u64>,
+    /// ...or after this many seconds, whichever comes first.
+    pub seconds: Option<f64>,
+    /// Faults of the phase (none: a healthy partner).
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+/// Where a scenario is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Current phase; `== phases.len()` when every phase is over.
+    pub index: usize,
+    /// Seconds since the current phase started.
+    pub elapsed_s: f64,
+    /// Publish requests seen in the current phase.
+    pub requests: u64,
+}
+
+/// Moves past every phase that is over (pure). Called before counting a request.
+pub fn advance(phases: &[Phase], mut p: Progress) -> Progress {
+    while let Some(phase) = phases.get(p.index) {
+        let by_requests = phase.requests.is_some_and(|n| p.requests >= n);
+        let by_time = phase.seconds.is_some_and(|s| p.elapsed_s >= s);
+        if !(by_requests || by_time) {
+            break;
+        }
+        // The next phase starts when this one ended, in time and in requests.
+        let used = phase
+            .seconds
+            .filter(|_| by_time && !by_requests)
+            .unwrap_or(p.elapsed_s);
+        p = Progress {
+            index: p.index + 1,
+            elapsed_s: (p.elapsed_s - used).max(0.0),
+            requests: 0,
+        };
+    }
+    p
+}
+
+#[cfg(test)]
+mod scenario_tests {
+    use super::*;
+
+    fn phase(requests: Option<u64>, seconds: Option<f64>) -> Phase {
+        Phase {
+            requests,
+            seconds,
+            faults: Faults::default(),
+        }
+    }
+
+    #[test]
+    fn phases_end_by_requests_or_time() {
+        let phases = [
+            phase(Some(100), None),
+            phase(None, Some(30.0)),
+            phase(None, None),
+        ];
+        let at = |index, elapsed_s, requests| Progress {
+            index,
+            elapsed_s,
+            requests,
+        };
+        assert_eq!(advance(&phases, at(0, 500.0, 99)).index, 0);
+        assert_eq!(advance(&phases, at(0, 0.0, 100)), at(1, 0.0, 0));
+        assert_eq!(advance(&phases, at(1, 29.9, 1000)).index, 1);
+        assert_eq!(advance(&phases, at(1, 31.0, 5)), at(2, 1.0, 0));
+        assert_eq!(
+            advance(&phases, at(2, 1e9, u64::MAX)).index,
+            2,
+            "the last phase has no end"
+        );
+        let timed = [phase(None, Some(1.0)), phase(None, Some(1.0))];
+        assert_eq!(advance(&timed, at(0, 2.5, 0)).index, 2, "all over");
+    }
+}

@@ -96,6 +96,11 @@ pub struct MockConfig {
     pub faults: Faults,
     /// Require signed publish requests (403 when missing or wrong).
     pub signing: Option<MockSigning>,
+    /// A scenario: fault phases in order (`[[phase]]`), each for some requests or seconds,
+    /// e.g. "100 requests OK, then 30 s of 503, then 429 with Retry-After 5, then OK". While a
+    /// phase is in force its faults replace `faults`.
+    #[serde(rename = "phase")]
+    pub phases: Vec<faults::Phase>,
     /// Accepted credentials.
     #[serde(rename = "client")]
     pub clients: Vec<ClientSpec>,
@@ -121,6 +126,7 @@ impl Default for MockConfig {
             validation_interval_secs: 600,
             faults: Faults::default(),
             signing: None,
+            phases: Vec::new(),
             clients: Vec::new(),
         }
     }
@@ -325,6 +331,8 @@ pub struct MockState {
     received: Mutex<VecDeque<Received>>,
     seq: std::sync::atomic::AtomicU64,
     faults: RwLock<Faults>,
+    /// Scenario position: phase index, when it started, requests in it.
+    scenario: Mutex<(usize, Instant, u64)>,
     seen: Mutex<Seen>,
     audit: Mutex<VecDeque<AuditEntry>>,
 }
@@ -371,6 +379,7 @@ impl MockState {
         cfg.faults.validate().map_err(|e| format!("faults: {e}"))?;
         Ok(Self {
             faults: RwLock::new(cfg.faults.clone()),
+            scenario: Mutex::new((0, Instant::now(), 0)),
             seen: Mutex::new(Seen::default()),
             audit: Mutex::new(VecDeque::new()),
             cfg,
@@ -495,6 +504,40 @@ impl MockState {
     /// How many times each `AAM_UUID` was accepted.
     pub fn user_counts(&self) -> HashMap<String, u32> {
         lock(&self.seen).users.clone()
+    }
+
+    /// Counts one publish request in the scenario and returns the faults it gets: the
+    /// current phase's, or the plain `faults` when there is no scenario or it is over.
+    fn scenario_faults(&self) -> Option<Faults> {
+        if self.cfg.phases.is_empty() {
+            return None;
+        }
+        let mut sc = lock(&self.scenario);
+        let now = Instant::now();
+        let p = faults::advance(
+            &self.cfg.phases,
+            faults::Progress {
+                index: sc.0,
+                elapsed_s: now.duration_since(sc.1).as_secs_f64(),
+                requests: sc.2,
+            },
+        );
+        if p.index != sc.0 {
+            *sc = (p.index, now - Duration::from_secs_f64(p.elapsed_s), 0);
+            tracing::info!(
+                phase = p.index,
+                of = self.cfg.phases.len(),
+                "mock scenario: next phase"
+            );
+        }
+        sc.2 += 1;
+        self.cfg.phases.get(p.index).map(|ph| ph.faults.clone())
+    }
+
+    /// Where the scenario is: phase index (== number of phases when over), requests in it.
+    pub fn scenario_position(&self) -> (usize, u64) {
+        let sc = lock(&self.scenario);
+        (sc.0, sc.2)
     }
 
     /// The faults in force.
@@ -808,6 +851,17 @@ async fn route(
             let n = state.revoke_all_tokens();
             json_response(StatusCode::OK, &serde_json::json!({"revoked": n}))
         }
+        (&Method::GET, "/_mock/scenario") => {
+            let (phase, requests) = state.scenario_position();
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "phase": phase,
+                    "phases": state.cfg.phases.len(),
+                    "requests_in_phase": requests,
+                }),
+            )
+        }
         (&Method::GET, "/_mock/audit") => json_response(
             StatusCode::OK,
             &serde_json::to_value(state.audit_journal()).unwrap_or_default(),
@@ -906,13 +960,16 @@ async fn publish_with_faults(
     parts: &http::request::Parts,
     body: &Bytes,
 ) -> Result<Response<Full<Bytes>>, CloseConnection> {
-    let action = {
-        let mut f = state.faults.write().unwrap_or_else(|e| e.into_inner());
-        let action = f.decide(fastrand::f64(), fastrand::f64(), fastrand::f64());
-        if matches!(action, Action::Fail { .. }) && f.fail_next > 0 {
-            f.fail_next -= 1;
+    let action = match state.scenario_faults() {
+        Some(phase) => phase.decide(fastrand::f64(), fastrand::f64(), fastrand::f64()),
+        None => {
+            let mut f = state.faults.write().unwrap_or_else(|e| e.into_inner());
+            let action = f.decide(fastrand::f64(), fastrand::f64(), fastrand::f64());
+            if matches!(action, Action::Fail { .. }) && f.fail_next > 0 {
+                f.fail_next -= 1;
+            }
+            action
         }
-        action
     };
     match action {
         Action::Serve { delay } => {
