@@ -42,7 +42,7 @@ pub struct Watched {
 
 /// The admin endpoints' state.
 pub struct Admin {
-    pub destinations: Vec<Watched>,
+    destinations: Arc<arc_swap::ArcSwap<Vec<Watched>>>,
     pub spool: Arc<Spool>,
     /// False once the daemon stops accepting events.
     pub ready: AtomicBool,
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Admin {
 
 /// Reads the live counters at scrape time.
 struct Live {
-    destinations: Vec<Watched>,
+    destinations: Arc<arc_swap::ArcSwap<Vec<Watched>>>,
     spool: Arc<Spool>,
 }
 
@@ -99,12 +99,11 @@ where
 
 impl Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let destinations = self.destinations.load_full();
+        let destinations = destinations.as_slice();
         let d = |w: &Watched| vec![("destination", w.name.clone())];
         let each = |f: &dyn Fn(&DestinationMetrics) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
-            self.destinations
-                .iter()
-                .map(|w| (d(w), f(&w.metrics)))
-                .collect()
+            destinations.iter().map(|w| (d(w), f(&w.metrics))).collect()
         };
         counter(
             &mut enc,
@@ -131,7 +130,7 @@ impl Collector for Live {
             &each(&|m| m.retries.load(Relaxed)),
         )?;
         let mut classes = Vec::new();
-        for w in &self.destinations {
+        for w in destinations {
             for (i, class) in STATUS_CLASSES.iter().enumerate() {
                 let mut l = d(w);
                 l.push(("status_class", (*class).to_string()));
@@ -145,7 +144,7 @@ impl Collector for Live {
             &classes,
         )?;
         let mut bytes = Vec::new();
-        for w in &self.destinations {
+        for w in destinations {
             for (stage, v) in [
                 ("raw", &w.metrics.bytes_raw),
                 ("sent", &w.metrics.bytes_sent),
@@ -162,7 +161,7 @@ impl Collector for Live {
             &bytes,
         )?;
         let mut fetches = Vec::new();
-        for w in &self.destinations {
+        for w in destinations {
             for (outcome, n) in w.metrics.snapshot().token_fetches {
                 let mut l = d(w);
                 l.push(("outcome", outcome));
@@ -175,8 +174,7 @@ impl Collector for Live {
             "Token requests by outcome (ok or the error).",
             &fetches,
         )?;
-        let spool_events: Vec<_> = self
-            .destinations
+        let spool_events: Vec<_> = destinations
             .iter()
             .map(|w| (d(w), self.spool.events(&w.name) as i64))
             .collect();
@@ -186,8 +184,7 @@ impl Collector for Live {
             "Events waiting in the spool.",
             &spool_events,
         )?;
-        let spool_bytes: Vec<_> = self
-            .destinations
+        let spool_bytes: Vec<_> = destinations
             .iter()
             .map(|w| (d(w), self.spool.bytes(&w.name).0 as i64))
             .collect();
@@ -200,7 +197,7 @@ impl Collector for Live {
         let now = tokio::time::Instant::now();
         let mut age = Vec::new();
         let mut ttl = Vec::new();
-        for w in &self.destinations {
+        for w in destinations {
             if let Some(t) = w.tokens.peek() {
                 age.push((d(w), now.duration_since(t.obtained_at).as_secs_f64()));
                 if let Some(exp) = t.expires_at {
@@ -220,8 +217,7 @@ impl Collector for Live {
             "Time left before the current token expires (tokens with expires_in).",
             &ttl,
         )?;
-        let batch: Vec<_> = self
-            .destinations
+        let batch: Vec<_> = destinations
             .iter()
             .filter_map(|w| {
                 w.batch
@@ -241,7 +237,7 @@ impl Collector for Live {
             None,
             MetricType::Histogram,
         )?;
-        for w in &self.destinations {
+        for w in destinations {
             let (buckets, sum, count) = w.metrics.latency_buckets(&LATENCY_BOUNDS);
             m.encode_family(&d(w))?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
@@ -254,6 +250,7 @@ impl Collector for Live {
 
 impl Admin {
     pub fn new(destinations: Vec<Watched>, spool: Arc<Spool>) -> Arc<Self> {
+        let destinations = Arc::new(arc_swap::ArcSwap::from_pointee(destinations));
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Live {
             destinations: destinations.clone(),
@@ -267,6 +264,11 @@ impl Admin {
         })
     }
 
+    /// The destinations to report on (after a reload).
+    pub fn set_destinations(&self, destinations: Vec<Watched>) {
+        self.destinations.store(Arc::new(destinations));
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
@@ -277,8 +279,8 @@ impl Admin {
     /// Per-destination summary (what `irisd status` prints).
     pub fn status(&self) -> serde_json::Value {
         let now = tokio::time::Instant::now();
-        let dests: Vec<_> = self
-            .destinations
+        let destinations = self.destinations.load_full();
+        let dests: Vec<_> = destinations
             .iter()
             .map(|w| {
                 let s = w.metrics.snapshot();

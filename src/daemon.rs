@@ -58,6 +58,30 @@ pub struct DestinationRuntime {
     pub tokens: Arc<TokenCache>,
     /// Batch traffic's counters, when the destination has a batch schedule.
     pub batch_metrics: Option<Arc<DestinationMetrics>>,
+    /// What it was started from (to tell, on reload, whether it changed).
+    fingerprint: String,
+    handle: lane::LaneHandle,
+    lane: JoinHandle<()>,
+    batch: Option<JoinHandle<()>>,
+    state: watch::Sender<RunState>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// Why a reload was refused (the running configuration stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0} changed; that needs a restart (the running configuration stays in force)")]
+    NeedsRestart(&'static str),
+    #[error(transparent)]
+    Start(#[from] StartError),
 }
 
 /// A running daemon.
@@ -71,9 +95,27 @@ pub struct Daemon {
     pub spool: Arc<Spool>,
     intake: Arc<Intake>,
     server: ServerHandle,
-    lanes: Vec<JoinHandle<()>>,
-    batches: Vec<JoinHandle<()>>,
-    state: watch::Sender<RunState>,
+    /// The settings a reload cannot change.
+    fixed: (SocketAddr, std::path::PathBuf, Option<SocketAddr>),
+    reports_dir: std::path::PathBuf,
+}
+
+/// Identifies a destination's configuration, secrets included (hashed, in memory only), so a
+/// reload sees rotated credentials as a change.
+fn fingerprint(d: &Destination) -> String {
+    use secrecy::ExposeSecret;
+    let mut secrets = Vec::new();
+    match &d.auth.credentials {
+        crate::oauth::Credentials::ClientSecret { secret, .. } => {
+            secrets.push(secret.expose_secret().as_bytes().to_vec())
+        }
+        crate::oauth::Credentials::Basic(v) => secrets.push(v.expose_secret().as_bytes().to_vec()),
+    }
+    if let Some(sg) = &d.signing {
+        secrets.push(sg.key.expose_secret().as_bytes().to_vec());
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &secrets.concat());
+    format!("{d:?}{:?}", digest.as_ref())
 }
 
 impl Daemon {
@@ -86,63 +128,16 @@ impl Daemon {
                 max_bytes_per_destination: config.spool.max_bytes_per_destination,
             },
         )?;
-        for (dest, bytes) in spool.destinations_with_events() {
-            if !config.destinations.iter().any(|d| d.name == dest) {
-                tracing::warn!(
-                    destination = %dest,
-                    bytes,
-                    "the spool holds events for a destination that is not configured; they are kept until it is"
-                );
-            }
-        }
-        let (state, state_rx) = watch::channel(RunState::Running);
-        let mut handles = HashMap::new();
-        let mut destinations = Vec::new();
-        let mut lanes = Vec::new();
-        let mut batches = Vec::new();
+        warn_orphans(&spool, config);
         let reports_dir = config
             .spool
             .path
             .parent()
             .unwrap_or(std::path::Path::new("."))
             .join("batch-reports");
+        let mut destinations = Vec::new();
         for d in &config.destinations {
-            if d.allow_insecure_http {
-                tracing::warn!(
-                    destination = %d.name,
-                    "allow_insecure_http = true: tokens and credentials may travel in clear text; never use this outside local tests"
-                );
-            }
-            let (handle, task, mut runtime, sender) =
-                start_destination(d, &spool, state_rx.clone())?;
-            if let Some(b) = d
-                .batch
-                .as_ref()
-                .filter(|b| b.schedule.is_some() && b.input.is_some())
-            {
-                // Same sender, so the same token cache and connection pool as real-time.
-                let ctx = Arc::new(BatchContext::new(
-                    d.name.clone(),
-                    sender,
-                    b.clone(),
-                    d.retry.clone(),
-                    d.profile == Profile::Iris,
-                    Arc::new(Circuit::new(&d.retry)),
-                    Some(runtime.metrics.clone()),
-                    config.spool.path.clone(),
-                ));
-                runtime.batch_metrics = Some(ctx.metrics.clone());
-                batches.push(tokio::spawn(crate::batch::schedule_loop(
-                    ctx,
-                    b.schedule.clone().expect("filtered"),
-                    b.input.clone().expect("filtered"),
-                    reports_dir.clone(),
-                    state_rx.clone(),
-                )));
-            }
-            handles.insert(d.name.clone(), handle);
-            destinations.push(runtime);
-            lanes.push(task);
+            destinations.push(launch(d, &spool, &config.spool.path, &reports_dir)?);
         }
         let listener = tokio::net::TcpListener::bind(config.intake.listen)
             .await
@@ -150,18 +145,7 @@ impl Daemon {
                 addr: config.intake.listen,
                 source,
             })?;
-        let admin = Admin::new(
-            destinations
-                .iter()
-                .map(|d: &DestinationRuntime| Watched {
-                    name: d.name.clone(),
-                    metrics: d.metrics.clone(),
-                    tokens: d.tokens.clone(),
-                    batch: d.batch_metrics.clone(),
-                })
-                .collect(),
-            spool.clone(),
-        );
+        let admin = Admin::new(watched(&destinations), spool.clone());
         let admin_server = match config.admin.listen {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -176,7 +160,7 @@ impl Daemon {
             None => None,
         };
         let intake = Arc::new(Intake::new(
-            handles,
+            lane_map(&destinations),
             spool.clone(),
             config.intake.max_body_bytes,
         ));
@@ -200,10 +184,85 @@ impl Daemon {
             spool,
             intake,
             server,
-            lanes,
-            batches,
-            state,
+            fixed: (
+                config.intake.listen,
+                config.spool.path.clone(),
+                config.admin.listen,
+            ),
+            reports_dir,
         })
+    }
+
+    /// Applies a new configuration without a restart: added destinations start, removed ones
+    /// stop (their spooled events stay in the spool), changed ones (credentials included)
+    /// restart with a fresh token cache. Nothing spooled is lost. Everything a new destination
+    /// needs is checked before anything running is touched; on error the running
+    /// configuration stays in force.
+    pub async fn reload(&mut self, config: &Config) -> Result<ReloadSummary, ReloadError> {
+        if config.intake.listen != self.fixed.0 {
+            return Err(ReloadError::NeedsRestart("intake.listen"));
+        }
+        if config.spool.path != self.fixed.1 {
+            return Err(ReloadError::NeedsRestart("spool.path"));
+        }
+        if config.admin.listen != self.fixed.2 {
+            return Err(ReloadError::NeedsRestart("admin.listen"));
+        }
+        let mut summary = ReloadSummary::default();
+        let mut to_start = Vec::new();
+        for d in &config.destinations {
+            match self.destinations.iter().find(|r| r.name == d.name) {
+                Some(r) if r.fingerprint == fingerprint(d) => {
+                    summary.unchanged.push(d.name.clone())
+                }
+                found => {
+                    // Fails here, before anything changes, if e.g. a CA file became unusable.
+                    build_sender(d, Arc::new(DestinationMetrics::default()))?;
+                    if found.is_some() {
+                        summary.changed.push(d.name.clone());
+                    } else {
+                        summary.added.push(d.name.clone());
+                    }
+                    to_start.push(d);
+                }
+            }
+        }
+        for r in &self.destinations {
+            if !config.destinations.iter().any(|d| d.name == r.name) {
+                summary.removed.push(r.name.clone());
+            }
+        }
+        // Stop what goes away or changes, and let its in-flight requests finish (so the new
+        // lane does not send them a second time).
+        let stopping: Vec<String> = summary
+            .removed
+            .iter()
+            .chain(&summary.changed)
+            .cloned()
+            .collect();
+        let mut kept = Vec::new();
+        for r in std::mem::take(&mut self.destinations) {
+            if stopping.contains(&r.name) {
+                stop(r).await;
+            } else {
+                kept.push(r);
+            }
+        }
+        self.destinations = kept;
+        for d in to_start {
+            let r = launch(d, &self.spool, &self.fixed.1, &self.reports_dir)?;
+            self.destinations.push(r);
+        }
+        self.intake.replace_lanes(lane_map(&self.destinations));
+        self.admin.set_destinations(watched(&self.destinations));
+        warn_orphans(&self.spool, config);
+        tracing::info!(
+            added = ?summary.added,
+            removed = ?summary.removed,
+            changed = ?summary.changed,
+            "configuration reloaded"
+        );
+        Ok(summary)
     }
 
     /// Metrics of the destination called `name`.
@@ -223,25 +282,31 @@ impl Daemon {
             .ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.intake.close();
-        let _ = self.state.send(RunState::Draining);
+        for r in &self.destinations {
+            let _ = r.state.send(RunState::Draining);
+        }
         self.server.shutdown(grace).await;
-        let mut lanes = self.lanes;
+        let (mut lanes, mut batches): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+        let mut states = Vec::new();
+        for r in self.destinations {
+            lanes.push(r.lane);
+            batches.extend(r.batch);
+            states.push(r.state);
+        }
         let drained = tokio::time::timeout_at(deadline, join_all(&mut lanes))
             .await
             .is_ok();
-        if !drained {
-            let _ = self.state.send(RunState::Stop);
-            // Lanes abandon backoffs at once; give in-flight requests a moment, then cut.
-            if tokio::time::timeout(Duration::from_secs(2), join_all(&mut lanes))
+        // Lanes abandon backoffs at once; batch runs stop after the request in progress.
+        states.iter().for_each(|s| {
+            let _ = s.send(RunState::Stop);
+        });
+        if !drained
+            && tokio::time::timeout(Duration::from_secs(2), join_all(&mut lanes))
                 .await
                 .is_err()
-            {
-                lanes.iter().for_each(JoinHandle::abort);
-            }
+        {
+            lanes.iter().for_each(JoinHandle::abort);
         }
-        // Batch runs stop at Stop at the latest; their checkpoints are written as they go.
-        let _ = self.state.send(RunState::Stop);
-        let mut batches = self.batches;
         if tokio::time::timeout(Duration::from_secs(5), join_all(&mut batches))
             .await
             .is_err()
@@ -261,6 +326,119 @@ impl Daemon {
         tracing::info!(drained, spooled_bytes_left = left, "irisd stopped");
         drained
     }
+}
+
+/// Stops one destination now (for a reload): in-flight requests finish, backoffs end.
+async fn stop(r: DestinationRuntime) {
+    let _ = r.state.send(RunState::Stop);
+    let mut tasks: Vec<JoinHandle<()>> = std::iter::once(r.lane).chain(r.batch).collect();
+    if tokio::time::timeout(Duration::from_secs(10), join_all(&mut tasks))
+        .await
+        .is_err()
+    {
+        tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+fn warn_orphans(spool: &Spool, config: &Config) {
+    for (dest, bytes) in spool.destinations_with_events() {
+        if !config.destinations.iter().any(|d| d.name == dest) {
+            tracing::warn!(
+                destination = %dest,
+                bytes,
+                "the spool holds events for a destination that is not configured; they are kept until it is"
+            );
+        }
+    }
+}
+
+fn lane_map(destinations: &[DestinationRuntime]) -> HashMap<String, lane::LaneHandle> {
+    destinations
+        .iter()
+        .map(|r| (r.name.clone(), r.handle.clone()))
+        .collect()
+}
+
+fn watched(destinations: &[DestinationRuntime]) -> Vec<Watched> {
+    destinations
+        .iter()
+        .map(|d| Watched {
+            name: d.name.clone(),
+            metrics: d.metrics.clone(),
+            tokens: d.tokens.clone(),
+            batch: d.batch_metrics.clone(),
+        })
+        .collect()
+}
+
+/// Starts one destination: its lane and, when scheduled, its batch runs.
+fn launch(
+    d: &Destination,
+    spool: &Arc<Spool>,
+    spool_path: &std::path::Path,
+    reports_dir: &std::path::Path,
+) -> Result<DestinationRuntime, StartError> {
+    if d.allow_insecure_http {
+        tracing::warn!(
+            destination = %d.name,
+            "allow_insecure_http = true: tokens and credentials may travel in clear text; never use this outside local tests"
+        );
+    }
+    let (state, state_rx) = watch::channel(RunState::Running);
+    let metrics = Arc::new(DestinationMetrics::default());
+    let (sender, tokens) = build_sender(d, metrics.clone())?;
+    let (handle, lane_task) = lane::spawn(
+        sender.clone(),
+        LaneOptions {
+            max_users: d.publish.max_users,
+            max_bytes: d.publish.max_bytes,
+            linger: d.publish.linger,
+            max_in_flight: d.publish.max_in_flight,
+            retry: d.retry.clone(),
+            retry_permanent: d.profile == Profile::Iris,
+        },
+        metrics.clone(),
+        spool.clone(),
+        state_rx.clone(),
+    )?;
+    let mut batch_metrics = None;
+    let mut batch = None;
+    if let Some(b) = d
+        .batch
+        .as_ref()
+        .filter(|b| b.schedule.is_some() && b.input.is_some())
+    {
+        // Same sender, so the same token cache and connection pool as real-time.
+        let ctx = Arc::new(BatchContext::new(
+            d.name.clone(),
+            sender,
+            b.clone(),
+            d.retry.clone(),
+            d.profile == Profile::Iris,
+            Arc::new(Circuit::new(&d.retry)),
+            Some(metrics.clone()),
+            spool_path.to_owned(),
+        ));
+        batch_metrics = Some(ctx.metrics.clone());
+        batch = Some(tokio::spawn(crate::batch::schedule_loop(
+            ctx,
+            b.schedule.clone().expect("filtered"),
+            b.input.clone().expect("filtered"),
+            reports_dir.to_owned(),
+            state_rx,
+        )));
+    }
+    Ok(DestinationRuntime {
+        name: d.name.clone(),
+        metrics,
+        tokens,
+        batch_metrics,
+        fingerprint: fingerprint(d),
+        handle,
+        lane: lane_task,
+        batch,
+        state,
+    })
 }
 
 async fn join_all(handles: &mut [JoinHandle<()>]) {
@@ -324,47 +502,4 @@ pub fn build_sender(
         metrics,
     ));
     Ok((sender, tokens))
-}
-
-#[allow(clippy::type_complexity)]
-fn start_destination(
-    d: &Destination,
-    spool: &Arc<Spool>,
-    state: watch::Receiver<RunState>,
-) -> Result<
-    (
-        lane::LaneHandle,
-        JoinHandle<()>,
-        DestinationRuntime,
-        Arc<Sender>,
-    ),
-    StartError,
-> {
-    let metrics = Arc::new(DestinationMetrics::default());
-    let (sender, tokens) = build_sender(d, metrics.clone())?;
-    let (handle, task) = lane::spawn(
-        sender.clone(),
-        LaneOptions {
-            max_users: d.publish.max_users,
-            max_bytes: d.publish.max_bytes,
-            linger: d.publish.linger,
-            max_in_flight: d.publish.max_in_flight,
-            retry: d.retry.clone(),
-            retry_permanent: d.profile == Profile::Iris,
-        },
-        metrics.clone(),
-        spool.clone(),
-        state,
-    )?;
-    Ok((
-        handle,
-        task,
-        DestinationRuntime {
-            name: d.name.clone(),
-            metrics,
-            tokens,
-            batch_metrics: None,
-        },
-        sender,
-    ))
 }

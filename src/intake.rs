@@ -42,6 +42,13 @@ impl Intake {
         }
     }
 
+    /// Routes to a new set of lanes (a configuration reload).
+    pub fn replace_lanes(&self, lanes: HashMap<String, LaneHandle>) {
+        if self.lanes.load().is_some() {
+            self.lanes.store(Some(Arc::new(lanes)));
+        }
+    }
+
     /// Stops accepting events (503) and releases the lanes so they can drain.
     pub fn close(&self) {
         self.lanes.store(None);

@@ -527,10 +527,34 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(config: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&config)?;
-    let daemon = Daemon::start(&config).await?;
-    shutdown_signal().await?;
+async fn run(config_path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&config_path)?;
+    let mut daemon = Daemon::start(&config).await?;
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    loop {
+        #[cfg(unix)]
+        let reload = hangup.recv();
+        #[cfg(not(unix))]
+        let reload = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = reload => match Config::load(&config_path) {
+                Ok(new) => match daemon.reload(&new).await {
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "configuration reload refused"),
+                },
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "configuration reload refused; the running configuration stays in force"
+                ),
+            },
+            r = shutdown_signal() => {
+                r?;
+                break;
+            }
+        }
+    }
     tracing::info!(
         grace_s = grace.as_secs(),
         "shutting down: intake closed, sending what is queued"
