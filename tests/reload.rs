@@ -12,7 +12,10 @@ use irisd::daemon::{Daemon, ReloadError};
 
 /// The env's config text with a second destination "partner-b" (same mock).
 fn with_partner_b(env: &Env) -> String {
-    let text = std::fs::read_to_string(env.dir.path().join("irisd.toml")).unwrap();
+    add_partner_b(&std::fs::read_to_string(env.dir.path().join("irisd.toml")).unwrap())
+}
+
+fn add_partner_b(text: &str) -> String {
     let dest = text.split_once("[[destination]]").unwrap().1;
     format!(
         "{text}\n[[destination]]{}",
@@ -147,7 +150,7 @@ async fn sighup_reloads_and_a_bad_config_keeps_the_old_one_running() {
     let state = env.mock.state.clone();
     assert!(wait_until(Duration::from_secs(10), || state.stats().unique_users == 1).await);
     // A good one with partner-b: applied.
-    std::fs::write(&path, with_partner_b(&env)).unwrap();
+    std::fs::write(&path, add_partner_b(&good)).unwrap();
     hup(child.0.id());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while post_events(addr, event("partner-b", 2, &[("1", "1")]))
