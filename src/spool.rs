@@ -518,11 +518,14 @@ fn apply(
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(err)?;
-    let mut next_id: i64 = tx
-        .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
-            r.get(0)
+    let wanted: usize = batch
+        .iter()
+        .map(|c| match c {
+            Command::Append { items, .. } => items.iter().map(|(_, b)| b.len()).sum(),
+            _ => 0,
         })
-        .map_err(err)?;
+        .sum();
+    let mut next_id = take_ids(&tx, wanted).map_err(err)?;
     let mut appended = Vec::new();
     {
         let mut insert = tx
@@ -601,11 +604,6 @@ fn apply(
             }
         }
     }
-    tx.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'next_id'",
-        [next_id],
-    )
-    .map_err(err)?;
     tx.commit().map_err(err)?;
     Ok(appended)
 }
@@ -715,14 +713,9 @@ impl DeadLetterStore {
                 .map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)?
         };
-        let mut next_id: i64 = tx
-            .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
-                r.get(0)
-            })
-            .map_err(err)?;
-        for (dest, old_id, accepted_at, body) in &rows {
-            // A replayed event starts a new life: its age counts from the replay.
-            let _ = accepted_at;
+        let first = take_ids(&tx, rows.len()).map_err(err)?;
+        // A replayed event starts a new life: its age counts from the replay.
+        for (next_id, (dest, old_id, _accepted_at, body)) in (first..).zip(&rows) {
             tx.execute(
                 "INSERT INTO events (dest, id, accepted_at, body) VALUES (?1, ?2, ?3, ?4)",
                 params![dest, next_id, now_ms(), body],
@@ -733,13 +726,7 @@ impl DeadLetterStore {
                 params![dest, old_id],
             )
             .map_err(err)?;
-            next_id += 1;
         }
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'next_id'",
-            [next_id],
-        )
-        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(rows.len())
     }
@@ -759,13 +746,9 @@ impl DeadLetterStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
-        let mut next_id: i64 = tx
-            .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
-                r.get(0)
-            })
-            .map_err(err)?;
+        let first = take_ids(&tx, bodies.len()).map_err(err)?;
         let mut ids = Vec::with_capacity(bodies.len());
-        for body in bodies {
+        for (next_id, body) in (first..).zip(bodies) {
             tx.execute(
                 "INSERT INTO dead_letters
                    (dest, id, accepted_at, body, reason, status, attempts, first_attempt_at, last_attempt_at, request_id)
@@ -785,13 +768,7 @@ impl DeadLetterStore {
             )
             .map_err(err)?;
             ids.push(next_id as u64);
-            next_id += 1;
         }
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'next_id'",
-            [next_id],
-        )
-        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(ids)
     }
@@ -836,6 +813,19 @@ fn row_to_dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
         request_id: r.get(8)?,
         body: Bytes::from(r.get::<_, Vec<u8>>(9)?),
     })
+}
+
+/// Takes `n` event ids from the counter in the database (inside the caller's transaction, so
+/// ids stay unique across processes); returns the first.
+fn take_ids(tx: &rusqlite::Transaction<'_>, n: usize) -> rusqlite::Result<i64> {
+    let first: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
+        r.get(0)
+    })?;
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'next_id'",
+        [first + n as i64],
+    )?;
+    Ok(first)
 }
 
 /// Milliseconds since the Unix epoch.

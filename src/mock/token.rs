@@ -314,26 +314,39 @@ fn oauth_error_response(e: &OAuthError) -> Response<Full<Bytes>> {
     r
 }
 
-/// RFC 7662 token introspection: `{"active": false}` for anything not currently valid.
-pub fn introspect(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
+/// What introspection and revocation both check first: `POST`, client authentication, a
+/// `token` parameter. Returns the calling client and the token.
+fn token_operation(
+    state: &MockState,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<(String, String), Box<Response<Full<Bytes>>>> {
+    let fail = |e: OAuthError| Box::new(oauth_error_response(&e));
     if parts.method != Method::POST {
-        return oauth_error_response(&oauth_err(
+        return Err(fail(oauth_err(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request",
             "POST only",
-        ));
+        )));
     }
-    let (caller, _, params) = match authenticate_request(state, parts, body) {
-        Ok(x) => x,
-        Err(e) => return oauth_error_response(&e),
-    };
-    let Some(token) = param(&params, "token") else {
-        return oauth_error_response(&oauth_err(
+    let (caller, _, params) = authenticate_request(state, parts, body).map_err(fail)?;
+    let token = param(&params, "token").ok_or_else(|| {
+        fail(oauth_err(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "missing token",
-        ));
+        ))
+    })?;
+    Ok((caller, token.to_string()))
+}
+
+/// RFC 7662 token introspection: `{"active": false}` for anything not currently valid.
+pub fn introspect(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
+    let (caller, token) = match token_operation(state, parts, body) {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
+    let token = token.as_str();
     let now = Instant::now();
     let tokens = state.tokens.read().unwrap_or_else(|e| e.into_inner());
     let answer = match tokens.get(token) {
@@ -368,24 +381,11 @@ pub fn introspect(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Fu
 /// RFC 7009 token revocation: 200 whether or not the token is known. The publish endpoint
 /// refuses a revoked token from its next validation on (`validation_interval_secs`).
 pub fn revoke(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
-    if parts.method != Method::POST {
-        return oauth_error_response(&oauth_err(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request",
-            "POST only",
-        ));
-    }
-    let (caller, _, params) = match authenticate_request(state, parts, body) {
+    let (caller, token) = match token_operation(state, parts, body) {
         Ok(x) => x,
-        Err(e) => return oauth_error_response(&e),
+        Err(r) => return *r,
     };
-    let Some(token) = param(&params, "token") else {
-        return oauth_error_response(&oauth_err(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "missing token",
-        ));
-    };
+    let token = token.as_str();
     let mut tokens = state.tokens.write().unwrap_or_else(|e| e.into_inner());
     if let Some(t) = tokens.get_mut(token) {
         if t.client != caller {
