@@ -79,6 +79,8 @@ pub struct Snapshot {
     pub bytes_sent: u64,
     /// Token fetches by outcome (`ok`, `invalid_client`, `transport`, ...).
     pub token_fetches: BTreeMap<String, u64>,
+    /// Publish attempts by status class (see [`STATUS_CLASSES`]).
+    pub attempts_by_class: [u64; 6],
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
 }
@@ -155,6 +157,7 @@ impl DestinationMetrics {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            attempts_by_class: std::array::from_fn(|i| self.attempts_by_class[i].load(Relaxed)),
             latency_p50_ms: q(0.5),
             latency_p99_ms: q(0.99),
         }
@@ -162,6 +165,11 @@ impl DestinationMetrics {
 }
 
 impl Snapshot {
+    /// Publish attempts of every kind (answered or not).
+    pub fn attempts_by_class_total(&self) -> u64 {
+        self.attempts_by_class.iter().sum()
+    }
+
     /// Token fetches that returned a token.
     pub fn token_fetches_ok(&self) -> u64 {
         self.token_fetches.get("ok").copied().unwrap_or(0)

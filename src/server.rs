@@ -52,10 +52,12 @@ impl ServerHandle {
 
 /// Serves `handler` on `listener` until [`ServerHandle::shutdown`]. A handler answering
 /// `Err(CloseConnection)` makes the connection close without a response.
-pub fn serve<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, handler: H) -> ServerHandle
+pub fn serve<H, F, B>(listener: TcpListener, tls: Option<TlsAcceptor>, handler: H) -> ServerHandle
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Full<Bytes>>, CloseConnection>> + Send + 'static,
+    F: Future<Output = Result<Response<B>, CloseConnection>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let addr = listener
         .local_addr()

@@ -457,3 +457,70 @@ async fn rotating_a_client_secret_revokes_its_tokens_and_the_old_secret() {
     assert_eq!(env.mock.state.user_counts().get("2"), Some(&1));
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn answers_cut_mid_body_are_retried_and_counted_as_duplicates_at_the_partner() {
+    let env = mock(|c| {
+        c.faults = Faults {
+            truncate_rate: 0.5,
+            ..Faults::default()
+        }
+    })
+    .await;
+    let config = env.config_with("linger_ms = 5\nmax_users = 2", "", "", FAST_RETRY);
+    let daemon = Daemon::start(&config).await.unwrap();
+    assert_eq!(post_events(daemon.intake_addr, events(1, 30)).await.0, 202);
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || m.snapshot().delivered_users
+            == 30)
+        .await
+    );
+    let stats = env.mock.state.stats();
+    assert!(stats.injected["truncated"] >= 1, "{stats:?}");
+    assert_eq!(stats.unique_users, 30);
+    assert!(
+        stats.duplicate_users >= 1,
+        "a cut answer means the partner saw the batch and we sent it again"
+    );
+    assert!(m.snapshot().attempts_by_class_total() > 15);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_dribbling_partner_times_out_and_is_retried_until_it_answers_in_time() {
+    // About 60 bytes of answer, 8 bytes every 100 ms: ~700 ms, over the 300 ms timeout.
+    let env = mock(|c| {
+        c.faults = Faults {
+            dribble_ms: 100,
+            ..Faults::default()
+        }
+    })
+    .await;
+    let config = env.config_with("linger_ms = 5\ntimeout_ms = 300", "", "", FAST_RETRY);
+    let daemon = Daemon::start(&config).await.unwrap();
+    assert_eq!(post_events(daemon.intake_addr, events(1, 1)).await.0, 202);
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(wait_until(Duration::from_secs(5), || m.snapshot().retries >= 2).await);
+    assert_eq!(
+        m.snapshot().delivered_users,
+        0,
+        "never complete within the timeout"
+    );
+    let none = m.attempts_by_class[0].load(std::sync::atomic::Ordering::Relaxed);
+    assert!(none >= 2, "timeouts count as no answer: {none}");
+    // A partner that dribbles fast enough is fine.
+    env.mock
+        .state
+        .set_faults(Faults {
+            dribble_ms: 5,
+            ..Faults::default()
+        })
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+            == 1)
+        .await
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}

@@ -26,6 +26,11 @@ pub struct Faults {
     pub retry_after_secs: Option<u64>,
     /// Fraction (0.0 to 1.0) of publish requests whose connection is closed without an answer.
     pub reset_rate: f64,
+    /// Fraction (0.0 to 1.0) of publish requests answered with half a body, then a closed
+    /// connection.
+    pub truncate_rate: f64,
+    /// Send publish answers 8 bytes at a time, one piece every this many milliseconds (0: off).
+    pub dribble_ms: u64,
     /// The token endpoint answers 503 `temporarily_unavailable`.
     pub token_down: bool,
     /// Added before every token answer, in milliseconds.
@@ -42,6 +47,8 @@ impl Default for Faults {
             error_status: 503,
             retry_after_secs: None,
             reset_rate: 0.0,
+            truncate_rate: 0.0,
+            dribble_ms: 0,
             token_down: false,
             token_latency_ms: 0,
         }
@@ -61,6 +68,8 @@ pub enum Action {
     },
     /// Close the connection without answering (after `delay`).
     Close { delay: Duration },
+    /// Answer normally but close the connection half way through the body.
+    Truncate { delay: Duration },
 }
 
 impl Faults {
@@ -69,6 +78,7 @@ impl Faults {
         for (name, v) in [
             ("error_rate", self.error_rate),
             ("reset_rate", self.reset_rate),
+            ("truncate_rate", self.truncate_rate),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be between 0.0 and 1.0, got {v}"));
@@ -90,6 +100,9 @@ impl Faults {
         let delay = Duration::from_millis(self.latency_ms + jitter);
         if r1 < self.reset_rate {
             return Action::Close { delay };
+        }
+        if r1 < self.reset_rate + self.truncate_rate {
+            return Action::Truncate { delay };
         }
         if self.fail_next > 0 || r2 < self.error_rate {
             return Action::Fail {

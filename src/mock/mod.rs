@@ -7,6 +7,7 @@
 //! types and the secret types with the daemon. Its state (clients, issued tokens, counters, a
 //! bounded journal of requests) is in [`MockState`]; admin endpoints live under `/_mock/`.
 
+pub mod body;
 pub mod faults;
 pub mod publish;
 pub mod tls;
@@ -26,6 +27,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use self::body::MockBody;
 use self::faults::{Action, Faults};
 use crate::payload::Payload;
 use crate::server::{error_response, json_response, serve, CloseConnection, ServerHandle};
@@ -766,6 +768,22 @@ impl MockPartner {
 async fn route(
     state: Arc<MockState>,
     req: Request<Incoming>,
+) -> Result<Response<MockBody>, CloseConnection> {
+    if req.uri().path() == state.cfg.publish_path {
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, state.cfg.max_body_bytes).await {
+            Ok(b) => b,
+            Err(r) => return Ok(r.map(MockBody::whole)),
+        };
+        return publish_with_faults(&state, &parts, &body).await;
+    }
+    Ok(route_other(state, req).await?.map(MockBody::whole))
+}
+
+/// Everything but the publish endpoint (whose answers may be shaped by faults).
+async fn route_other(
+    state: Arc<MockState>,
+    req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, CloseConnection> {
     let path = req.uri().path().to_string();
     if path == state.cfg.token_path {
@@ -794,14 +812,6 @@ async fn route(
         } else {
             token::revoke(&state, &parts, &body)
         });
-    }
-    if path == state.cfg.publish_path {
-        let (parts, body) = req.into_parts();
-        let body = match read_body(body, state.cfg.max_body_bytes).await {
-            Ok(b) => b,
-            Err(r) => return Ok(r),
-        };
-        return publish_with_faults(&state, &parts, &body).await;
     }
     Ok(match (req.method(), path.as_str()) {
         (&Method::GET, "/_mock/stats") => json_response(
@@ -959,7 +969,11 @@ async fn publish_with_faults(
     state: &MockState,
     parts: &http::request::Parts,
     body: &Bytes,
-) -> Result<Response<Full<Bytes>>, CloseConnection> {
+) -> Result<Response<MockBody>, CloseConnection> {
+    let dribble = {
+        let f = state.faults.read().unwrap_or_else(|e| e.into_inner());
+        (f.dribble_ms > 0).then(|| Duration::from_millis(f.dribble_ms))
+    };
     let action = match state.scenario_faults() {
         Some(phase) => phase.decide(fastrand::f64(), fastrand::f64(), fastrand::f64()),
         None => {
@@ -976,7 +990,31 @@ async fn publish_with_faults(
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            Ok(publish::handle(state, parts, body))
+            let resp = publish::handle(state, parts, body);
+            match dribble {
+                None => Ok(resp.map(MockBody::whole)),
+                Some(every) => {
+                    let (head, full) = resp.into_parts();
+                    let bytes = full
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
+                    Ok(Response::from_parts(head, MockBody::dribble(bytes, every)))
+                }
+            }
+        }
+        Action::Truncate { delay } => {
+            tokio::time::sleep(delay).await;
+            // Handled for real (the payload counts as received), then the answer is cut.
+            let (head, full) = publish::handle(state, parts, body).into_parts();
+            state.count(|s| *s.injected.entry("truncated".into()).or_default() += 1);
+            let bytes = full
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            Ok(Response::from_parts(head, MockBody::truncated(bytes)))
         }
         Action::Close { delay } => {
             tokio::time::sleep(delay).await;
@@ -1005,7 +1043,7 @@ async fn publish_with_faults(
                 r.headers_mut()
                     .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
             }
-            Ok(r)
+            Ok(r.map(MockBody::whole))
         }
     }
 }
