@@ -861,6 +861,15 @@ async fn route_other(
             let n = state.revoke_all_tokens();
             json_response(StatusCode::OK, &serde_json::json!({"revoked": n}))
         }
+        (&Method::GET, "/_mock/") | (&Method::GET, "/_mock") => {
+            // The inspector page: no build step, no external assets.
+            let mut r = Response::new(Full::new(Bytes::from_static(include_bytes!("page.html"))));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
         (&Method::GET, "/_mock/scenario") => {
             let (phase, requests) = state.scenario_position();
             json_response(
