@@ -6,10 +6,18 @@ use http::{HeaderValue, Method};
 use irisd::delivery::request::RequestBuilder;
 use irisd::payload::{render_user, IntakeEvent, PayloadHeader, UserRecord};
 
+/// One user with seeded random ids (repetitive ids would flatter gzip).
 fn line(i: u64) -> String {
+    let mut rng = fastrand::Rng::with_seed(i);
     format!(
-        r#"{{"destination":"partner-a","aam_uuid":"1939357236854736935{i:019}","data_partner_uuid":"{i:016x}","segments":[{{"segment_id":"14356","status":"1","time":"2016-07-27T16:17:22Z"}},{{"segment_id":"{}","status":"0","time":"2016-07-27T16:17:22Z"}}]}}"#,
-        10_000 + i % 5000
+        r#"{{"destination":"partner-a","aam_uuid":"{}{:019}","data_partner_uuid":"{:016x}","segments":[{{"segment_id":"{}","status":"1","time":"2016-07-27T16:17:22Z"}},{{"segment_id":"{}","status":"0","time":"2016-07-27T{:02}:{:02}:22Z"}}]}}"#,
+        rng.u64(1_000_000_000_000_000_000..10_000_000_000_000_000_000),
+        rng.u64(0..10_000_000_000_000_000_000),
+        rng.u64(..),
+        rng.u32(10_000..99_999),
+        rng.u32(10_000..99_999),
+        rng.u32(0..24),
+        rng.u32(0..60)
     )
 }
 
