@@ -74,6 +74,19 @@ impl Driver {
         panic!("no element {css} on the page");
     }
 
+    /// The element's text once it contains `needle` (or after 5 s, whatever it is then).
+    async fn wait_text(&self, session: &str, element: &str, needle: &str) -> String {
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = self.text(session, element).await;
+            if text.contains(needle) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        text
+    }
+
     async fn text(&self, session: &str, element: &str) -> String {
         self.call(
             Method::GET,
@@ -224,14 +237,7 @@ async fn the_inspector_page_shows_counters_the_journal_and_a_decoded_payload() {
         )
         .await;
     let viewer = driver.wait_for(&session, "#viewer").await;
-    let mut shown = String::new();
-    for _ in 0..50 {
-        shown = driver.text(&session, &viewer).await;
-        if shown.contains("reason:") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let shown = driver.wait_text(&session, &viewer, "reason:").await;
     assert!(
         shown.contains("reason: User_count is 2 but Users has 1 entries"),
         "{shown}"
@@ -251,13 +257,7 @@ async fn the_inspector_page_shows_counters_the_journal_and_a_decoded_payload() {
             Some(json!({})),
         )
         .await;
-    for _ in 0..50 {
-        shown = driver.text(&session, &viewer).await;
-        if shown.contains("decoded payload") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let shown = driver.wait_text(&session, &viewer, "decoded payload").await;
     assert!(shown.contains("decoded payload"), "{shown}");
     assert!(
         shown.contains("\"AAM_UUID\": \"19393572368547369350319949416899715727\""),
