@@ -281,22 +281,40 @@ fn check(
 }
 
 /// A JSON answer with `Cache-Control: no-store` and `Pragma: no-cache` (every token-related
-/// answer carries them, errors included).
-fn no_store_json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+/// answer carries them, errors included),
+/// gzip-encoded when the client accepts it.
+fn no_store_json(
+    parts: &Parts,
+    status: StatusCode,
+    value: &serde_json::Value,
+) -> Response<Full<Bytes>> {
+    let text = value.to_string();
+    let gzip = accepts_gzip(parts);
+    let body = if gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(text.as_bytes()).expect("writing to a Vec");
+        Bytes::from(enc.finish().expect("writing to a Vec"))
+    } else {
+        Bytes::from(text)
+    };
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     r
 }
 
-fn oauth_error_response(e: &OAuthError) -> Response<Full<Bytes>> {
+fn oauth_error_response(parts: &Parts, e: &OAuthError) -> Response<Full<Bytes>> {
     let mut r = no_store_json(
+        parts,
         e.status,
         &serde_json::json!({ "error": e.code, "error_description": e.description }),
     );
@@ -321,7 +339,7 @@ fn token_operation(
     parts: &Parts,
     body: &[u8],
 ) -> Result<(String, String), Box<Response<Full<Bytes>>>> {
-    let fail = |e: OAuthError| Box::new(oauth_error_response(&e));
+    let fail = |e: OAuthError| Box::new(oauth_error_response(parts, &e));
     if parts.method != Method::POST {
         return Err(fail(oauth_err(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -375,7 +393,7 @@ pub fn introspect(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Fu
         Some(token),
         &answer["active"].to_string(),
     );
-    no_store_json(StatusCode::OK, &answer)
+    no_store_json(parts, StatusCode::OK, &answer)
 }
 
 /// RFC 7009 token revocation: 200 whether or not the token is known. The publish endpoint
@@ -389,17 +407,20 @@ pub fn revoke(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
     let mut tokens = state.tokens.write().unwrap_or_else(|e| e.into_inner());
     if let Some(t) = tokens.get_mut(token) {
         if t.client != caller {
-            return oauth_error_response(&oauth_err(
-                StatusCode::BAD_REQUEST,
-                "unauthorized_client",
-                "the token was issued to another client",
-            ));
+            return oauth_error_response(
+                parts,
+                &oauth_err(
+                    StatusCode::BAD_REQUEST,
+                    "unauthorized_client",
+                    "the token was issued to another client",
+                ),
+            );
         }
         t.revoked = true;
         drop(tokens);
         state.audit(&caller, "revoked", Some(token), "RFC 7009 revocation");
     }
-    no_store_json(StatusCode::OK, &serde_json::json!({}))
+    no_store_json(parts, StatusCode::OK, &serde_json::json!({}))
 }
 
 /// A new random access token: 256 bits, base64url.
@@ -440,7 +461,7 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
     } else {
         check(state, parts, body)
     };
-    let (status, json, verdict, detail) = match result {
+    let (response, verdict, detail) = match result {
         Ok((client, scopes)) => {
             let token = new_token();
             let ttl = state.token_ttl();
@@ -470,8 +491,7 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
                 body["scope"] = scopes.join(" ").into();
             }
             (
-                StatusCode::OK,
-                body,
+                no_store_json(parts, StatusCode::OK, &body),
                 "accepted".to_string(),
                 format!("token issued to {client}"),
             )
@@ -484,8 +504,11 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
                 None,
                 &format!("{}: {}", e.code, e.description),
             );
-            let body = serde_json::json!({ "error": e.code, "error_description": e.description });
-            (e.status, body, e.code.to_string(), e.description.clone())
+            (
+                oauth_error_response(parts, &e),
+                e.code.to_string(),
+                e.description.clone(),
+            )
         }
     };
     state.record(
@@ -494,43 +517,11 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
         parts.uri.path(),
         &parts.headers,
         body.len(),
-        status,
+        response.status(),
         &verdict,
         &detail,
     );
-
-    let text = json.to_string();
-    let gzip = accepts_gzip(parts);
-    let body = if gzip {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(text.as_bytes()).expect("writing to a Vec");
-        Bytes::from(enc.finish().expect("writing to a Vec"))
-    } else {
-        Bytes::from(text)
-    };
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    if gzip {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    if status == StatusCode::UNAUTHORIZED {
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_str(&format!("Basic realm=\"{REALM}\", charset=\"UTF-8\""))
-                .expect("static"),
-        );
-    }
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        h.insert(header::ALLOW, HeaderValue::from_static("POST"));
-    }
-    r
+    response
 }
 
 #[cfg(test)]
