@@ -946,29 +946,6 @@ async fn route_other(
                 Err(e) => error_response(StatusCode::NOT_FOUND, e),
             }
         }
-        (&Method::POST, "/_mock/rotate") => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Rotate {
-                client_id: String,
-                client_secret: Option<String>,
-            }
-            let body = match read_body(req.into_body(), 64 * 1024).await {
-                Ok(b) => b,
-                Err(r) => return Ok(r),
-            };
-            match serde_json::from_slice::<Rotate>(&body)
-                .map_err(|e| e.to_string())
-                .and_then(|r| state.rotate_secret(&r.client_id, r.client_secret))
-            {
-                // The new secret is returned to the caller who asked for it (an admin), once.
-                Ok(secret) => json_response(
-                    StatusCode::OK,
-                    &serde_json::json!({"client_secret": secret}),
-                ),
-                Err(e) => error_response(StatusCode::BAD_REQUEST, format!("rotate: {e}")),
-            }
-        }
         _ => error_response(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
     })
 }
