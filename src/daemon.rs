@@ -137,7 +137,13 @@ impl Daemon {
             .join("batch-reports");
         let mut destinations = Vec::new();
         for d in &config.destinations {
-            destinations.push(launch(d, &spool, &config.spool.path, &reports_dir)?);
+            destinations.push(launch(
+                d,
+                Built::new(d)?,
+                &spool,
+                &config.spool.path,
+                &reports_dir,
+            )?);
         }
         let listener = tokio::net::TcpListener::bind(config.intake.listen)
             .await
@@ -217,13 +223,13 @@ impl Daemon {
                 }
                 found => {
                     // Fails here, before anything changes, if e.g. a CA file became unusable.
-                    build_sender(d, Arc::new(DestinationMetrics::default()))?;
+                    let built = Built::new(d)?;
                     if found.is_some() {
                         summary.changed.push(d.name.clone());
                     } else {
                         summary.added.push(d.name.clone());
                     }
-                    to_start.push(d);
+                    to_start.push((d, built));
                 }
             }
         }
@@ -249,8 +255,8 @@ impl Daemon {
             }
         }
         self.destinations = kept;
-        for d in to_start {
-            let r = launch(d, &self.spool, &self.fixed.1, &self.reports_dir)?;
+        for (d, built) in to_start {
+            let r = launch(d, built, &self.spool, &self.fixed.1, &self.reports_dir)?;
             self.destinations.push(r);
         }
         self.intake.replace_lanes(lane_map(&self.destinations));
@@ -371,9 +377,33 @@ fn watched(destinations: &[DestinationRuntime]) -> Vec<Watched> {
         .collect()
 }
 
+/// A destination's counters, HTTPS client, token cache and sender, before anything runs.
+struct Built {
+    metrics: Arc<DestinationMetrics>,
+    sender: Arc<Sender>,
+    tokens: Arc<TokenCache>,
+}
+
+impl Built {
+    fn new(d: &Destination) -> Result<Built, StartError> {
+        let metrics = Arc::new(DestinationMetrics::default());
+        let (sender, tokens) = build_sender(d, metrics.clone())?;
+        Ok(Built {
+            metrics,
+            sender,
+            tokens,
+        })
+    }
+}
+
 /// Starts one destination: its lane and, when scheduled, its batch runs.
 fn launch(
     d: &Destination,
+    Built {
+        metrics,
+        sender,
+        tokens,
+    }: Built,
     spool: &Arc<Spool>,
     spool_path: &std::path::Path,
     reports_dir: &std::path::Path,
@@ -385,8 +415,6 @@ fn launch(
         );
     }
     let (state, state_rx) = watch::channel(RunState::Running);
-    let metrics = Arc::new(DestinationMetrics::default());
-    let (sender, tokens) = build_sender(d, metrics.clone())?;
     let (handle, lane_task) = lane::spawn(
         sender.clone(),
         LaneOptions {
