@@ -109,8 +109,10 @@ impl Circuit {
         }
         if let Some(mut g) = gate {
             // Equal jitter: the gap between probes never collapses to zero.
+            // Another request's success may have closed the circuit while this probe was out:
+            // then `n` is below the threshold and the gap is the shortest one.
             let delay = retry_delay(
-                n - self.threshold + 1,
+                n.saturating_sub(self.threshold) + 1,
                 self.initial,
                 self.max_delay,
                 None,
@@ -217,5 +219,39 @@ impl Resolver<'_> {
                 _ = wait_for(state, RunState::Stop) => return Resolution::Abandoned,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            max_attempts: None,
+            max_age: Duration::from_secs(60),
+            circuit_threshold: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_probe_failing_after_another_success_closed_the_circuit_is_fine() {
+        let c = Circuit::new(&policy());
+        c.failure("d", None);
+        c.failure("d", None);
+        let gate = c.turn().await;
+        assert!(gate.is_some(), "open: attempts take the gate");
+        // Meanwhile another request succeeds and closes the circuit...
+        c.success("d", None);
+        // ...and then the probe fails: no underflow, the next probe is spaced.
+        c.failure("d", gate);
+        let next = c.gate.lock().await.expect("a next-probe time is set");
+        assert!(next > Instant::now());
+        assert!(
+            c.turn().await.is_none(),
+            "one failure since the reset: closed"
+        );
     }
 }
