@@ -203,7 +203,7 @@ ca_file = "{ca}"
             started.elapsed().as_secs_f64(),
             m.accepted_users,
             m.delivered_users,
-            m.accepted_users - m.delivered_users - m.failed_users,
+            m.accepted_users.saturating_sub(m.delivered_users + m.failed_users),
             rate
         );
         if tty {
