@@ -27,6 +27,9 @@ use crate::server::{error_response, json_response};
 use crate::spool::Spool;
 
 /// Latency histogram bounds, in seconds.
+const LAG_BOUNDS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0,
+];
 const LATENCY_BOUNDS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
@@ -244,6 +247,19 @@ impl Collector for Live {
                     sum, count, &buckets, None,
                 )?;
         }
+        let mut m = enc.encode_descriptor(
+            "irisd_delivery_lag_seconds",
+            "Time from acceptance at the intake to the partner's acknowledgement, per user.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for w in destinations {
+            let (buckets, sum, count) = w.metrics.lag_buckets(&LAG_BOUNDS);
+            m.encode_family(&d(w))?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
+        }
         Ok(())
     }
 }
@@ -296,6 +312,11 @@ impl Admin {
                     "spooled_bytes": self.spool.bytes(&w.name).0,
                     "latency_p50_ms": s.latency_p50_ms,
                     "latency_p99_ms": s.latency_p99_ms,
+                    "lag_p50_ms": s.lag_p50_ms,
+                    "lag_p99_ms": s.lag_p99_ms,
+                    "requests_ok": s.requests_ok,
+                    "bytes_raw": s.bytes_raw,
+                    "bytes_sent": s.bytes_sent,
                     "token": token.as_ref().map(|t| serde_json::json!({
                         "age_s": now.duration_since(t.obtained_at).as_secs(),
                         "expires_in_s": t.expires_at.map(|e| e.saturating_duration_since(now).as_secs()),

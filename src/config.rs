@@ -77,6 +77,7 @@ struct RawSpool {
     path: Option<Spanned<PathBuf>>,
     max_bytes: Option<Spanned<u64>>,
     max_bytes_per_destination: Option<Spanned<u64>>,
+    fsync: Option<bool>,
 }
 
 /// `[spool]`: where accepted events wait for delivery.
@@ -88,6 +89,9 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Bound on one destination's spooled event bytes.
     pub max_bytes_per_destination: u64,
+    /// fsync before answering 202 (default). Off: a commit survives a crash of irisd, not of
+    /// the machine (SQLite `synchronous = NORMAL`).
+    pub fsync: bool,
 }
 
 /// `[admin]`: Prometheus metrics, health, readiness and status.
@@ -285,6 +289,8 @@ struct RawPublish {
     method: Spanned<String>,
     #[serde(default = "yes")]
     gzip: bool,
+    #[serde(default = "default_gzip_level")]
+    gzip_level: Spanned<usize>,
     max_users: Option<Spanned<usize>>,
     #[serde(default = "default_max_bytes")]
     max_bytes: Spanned<usize>,
@@ -302,6 +308,9 @@ struct RawPublish {
 
 fn default_method() -> Spanned<String> {
     Spanned::new(0..0, "POST".to_string())
+}
+fn default_gzip_level() -> Spanned<usize> {
+    Spanned::new(0..0, 6)
 }
 fn yes() -> bool {
     true
@@ -430,6 +439,8 @@ pub struct PublishConfig {
     pub url: Uri,
     pub method: PublishMethod,
     pub gzip: bool,
+    /// gzip level, 1 (fastest) to 9 (smallest).
+    pub gzip_level: u32,
     pub max_users: usize,
     pub max_bytes: usize,
     pub linger: Duration,
@@ -701,6 +712,7 @@ impl Destination {
             ));
         }
         let max_in_flight = positive(&d.publish.max_in_flight, "max_in_flight", 1024)?;
+        let gzip_level = positive(&d.publish.gzip_level, "gzip_level", 9)? as u32;
 
         let ca_file = match d.tls.ca_file {
             Some(p) => {
@@ -748,6 +760,7 @@ impl Destination {
                 url: publish_url,
                 method,
                 gzip: d.publish.gzip,
+                gzip_level,
                 max_users,
                 max_bytes,
                 linger: Duration::from_millis(d.publish.linger_ms),
@@ -914,6 +927,7 @@ impl Ctx<'_> {
                 .max_bytes_per_destination
                 .as_ref()
                 .map_or(256 << 20, |v| *v.get_ref()),
+            fsync: raw.fsync.unwrap_or(true),
         })
     }
 

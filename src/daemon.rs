@@ -124,6 +124,7 @@ impl Daemon {
         let spool = Spool::open(
             &config.spool.path,
             Limits {
+                fsync: config.spool.fsync,
                 max_bytes: config.spool.max_bytes,
                 max_bytes_per_destination: config.spool.max_bytes_per_destination,
             },
@@ -177,6 +178,7 @@ impl Daemon {
         });
         tracing::info!(
             intake = %server.addr,
+            admin = %admin_server.as_ref().map_or("off".to_string(), |s| s.addr.to_string()),
             spool = %config.spool.path.display(),
             destinations = config.destinations.len(),
             "irisd is running"
@@ -510,7 +512,9 @@ pub fn build_sender(
         d.publish.url.clone(),
         d.publish.method.as_method(),
         user_agent,
-        d.publish.gzip.then(flate2::Compression::default),
+        d.publish
+            .gzip
+            .then(|| flate2::Compression::new(d.publish.gzip_level)),
         PayloadHeader {
             user_dpid: d.user_dpid.clone(),
             client_id: d.aam_client_id.clone(),

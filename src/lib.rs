@@ -9,10 +9,12 @@
 
 pub mod admin;
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod demo;
+pub mod gzip;
 pub mod intake;
 pub mod metrics;
 pub mod mock;

@@ -78,6 +78,41 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Measure end-to-end publish throughput on loopback: the mock partner (TLS) and a daemon
+    /// child process, a seeded load of distinct users, verified at the mock; plus, in the same
+    /// run, the ceiling (pre-built payloads straight to the mock). Prints one JSON line.
+    Bench {
+        /// Distinct users to deliver.
+        #[arg(long, default_value_t = 1_000_000)]
+        users: u64,
+        /// Users per publish request (IRIS shape: 10; bulk: 1000).
+        #[arg(long, default_value_t = 10)]
+        users_per_request: usize,
+        /// gzip level 1–9, or 0 for no gzip.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+        gzip_level: u32,
+        /// Publish requests in flight (the destination's max_in_flight).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Concurrent producers posting to the intake (real-time mode).
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+        /// Events per intake request (real-time mode).
+        #[arg(long, default_value_t = 500)]
+        events_per_post: usize,
+        /// fsync the spool before each 202 (true) or not (false).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        durable: bool,
+        /// realtime (intake API) or batch (`irisd batch run` on a .csv.gz file).
+        #[arg(long, value_enum, default_value_t = BenchMode::Realtime)]
+        mode: BenchMode,
+        /// Seed of the synthetic load.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Skip the ceiling measurement.
+        #[arg(long)]
+        no_ceiling: bool,
+    },
     /// Validate a configuration file and print the destinations it defines (secrets as ***).
     CheckConfig {
         /// The TOML configuration to check.
@@ -139,6 +174,12 @@ enum Command {
         #[command(subcommand)]
         action: BatchAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    Realtime,
+    Batch,
 }
 
 #[derive(Subcommand)]
@@ -261,6 +302,38 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             faults,
         } => mock_partner(config, listen, tls_dir, clients, token_ttl, strict, faults).await,
         Command::Demo { seconds } => demo(seconds).await,
+        Command::Bench {
+            users,
+            users_per_request,
+            gzip_level,
+            concurrency,
+            producers,
+            events_per_post,
+            durable,
+            mode,
+            seed,
+            no_ceiling,
+        } => {
+            let report = irisd::bench::run(irisd::bench::BenchOptions {
+                users,
+                users_per_request,
+                gzip_level,
+                concurrency,
+                producers,
+                events_per_post,
+                durable,
+                mode: match mode {
+                    BenchMode::Realtime => irisd::bench::Mode::Realtime,
+                    BenchMode::Batch => irisd::bench::Mode::Batch,
+                },
+                seed,
+                ceiling: !no_ceiling,
+                irisd: std::env::current_exe().context("locating the irisd binary")?,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             print!("{}", config.summary());

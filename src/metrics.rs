@@ -38,6 +38,9 @@ pub struct DestinationMetrics {
     token_fetches: Mutex<BTreeMap<String, u64>>,
     /// Publish request latency in microseconds (successful requests).
     latency_us: Mutex<Histogram<u64>>,
+    /// Delivery lag: from acceptance at the intake to the partner's acknowledgement, per user,
+    /// in microseconds (millisecond resolution: the spool keeps acceptance times in ms).
+    lag_us: Mutex<Histogram<u64>>,
 }
 
 impl Default for DestinationMetrics {
@@ -58,6 +61,9 @@ impl Default for DestinationMetrics {
             token_fetches: Mutex::new(BTreeMap::new()),
             latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds"),
+            ),
+            lag_us: Mutex::new(
+                Histogram::new_with_bounds(1, 7 * 86_400_000_000, 2).expect("valid bounds"),
             ),
         }
     }
@@ -83,6 +89,9 @@ pub struct Snapshot {
     pub attempts_by_class: [u64; 6],
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
+    /// Intake → partner acknowledgement, per user.
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
 }
 
 /// Labels of [`DestinationMetrics::attempts_by_class`].
@@ -101,16 +110,27 @@ impl DestinationMetrics {
     /// Buckets (upper bound in seconds, count in that bucket, not cumulative), sum in seconds
     /// and count of the publish latency, for a Prometheus histogram.
     pub fn latency_buckets(&self, bounds: &[f64]) -> (Vec<(f64, u64)>, f64, u64) {
-        let h = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::with_capacity(bounds.len() + 1);
-        let mut below = 0u64;
-        for &b in bounds {
-            let upto = h.count_between(0, (b * 1e6) as u64);
-            out.push((b, upto - below));
-            below = upto;
+        buckets(
+            &self.latency_us.lock().unwrap_or_else(|e| e.into_inner()),
+            bounds,
+        )
+    }
+
+    /// The same for the delivery lag (intake → partner acknowledgement, per user).
+    pub fn lag_buckets(&self, bounds: &[f64]) -> (Vec<(f64, u64)>, f64, u64) {
+        buckets(
+            &self.lag_us.lock().unwrap_or_else(|e| e.into_inner()),
+            bounds,
+        )
+    }
+
+    /// Records the delivery lag of users accepted at `accepted_ms` (one lock per request).
+    pub fn record_lag(&self, accepted_ms: impl Iterator<Item = i64>, now_ms: i64) {
+        let mut h = self.lag_us.lock().unwrap_or_else(|e| e.into_inner());
+        for a in accepted_ms {
+            let us = ((now_ms - a).max(0) as u64 * 1000).clamp(1, 7 * 86_400_000_000);
+            let _ = h.record(us);
         }
-        out.push((f64::INFINITY, h.len() - below));
-        (out, h.mean() * h.len() as f64 / 1e6, h.len())
     }
 
     pub fn token_fetched(&self, outcome: &str) {
@@ -133,7 +153,8 @@ impl DestinationMetrics {
 
     pub fn snapshot(&self) -> Snapshot {
         let h = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
-        let q = |q: f64| {
+        let lag = self.lag_us.lock().unwrap_or_else(|e| e.into_inner());
+        let quantile = |h: &Histogram<u64>, q: f64| {
             if h.is_empty() {
                 0.0
             } else {
@@ -158,10 +179,24 @@ impl DestinationMetrics {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             attempts_by_class: std::array::from_fn(|i| self.attempts_by_class[i].load(Relaxed)),
-            latency_p50_ms: q(0.5),
-            latency_p99_ms: q(0.99),
+            latency_p50_ms: quantile(&h, 0.5),
+            latency_p99_ms: quantile(&h, 0.99),
+            lag_p50_ms: quantile(&lag, 0.5),
+            lag_p99_ms: quantile(&lag, 0.99),
         }
     }
+}
+
+fn buckets(h: &Histogram<u64>, bounds: &[f64]) -> (Vec<(f64, u64)>, f64, u64) {
+    let mut out = Vec::with_capacity(bounds.len() + 1);
+    let mut below = 0u64;
+    for &b in bounds {
+        let upto = h.count_between(0, (b * 1e6) as u64);
+        out.push((b, upto - below));
+        below = upto;
+    }
+    out.push((f64::INFINITY, h.len() - below));
+    (out, h.mean() * h.len() as f64 / 1e6, h.len())
 }
 
 impl Snapshot {

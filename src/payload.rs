@@ -93,18 +93,95 @@ fn is_digits(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
 /// Formats a time as IRIS does: `Wed Jul 27 16:17:22 UTC 2016`.
 pub fn iris_date(ts: Timestamp) -> String {
-    ts.strftime(IRIS_DATE_FORMAT).to_string()
+    let mut out = Vec::with_capacity(28);
+    write_iris_date(ts, &mut out);
+    String::from_utf8(out).expect("ASCII")
 }
 
-/// Parses an IRIS date strictly (the weekday must match the date).
+/// Appends [`iris_date`] to `out`. This runs for every segment at the intake, so the common
+/// case (years 1000–9999) is written directly, not through a strftime interpreter; the
+/// result is the same as `strftime(IRIS_DATE_FORMAT)` (tested).
+pub fn write_iris_date(ts: Timestamp, out: &mut Vec<u8>) {
+    let dt = jiff::tz::Offset::UTC.to_datetime(ts);
+    if !(1000..=9999).contains(&dt.year()) {
+        out.extend_from_slice(ts.strftime(IRIS_DATE_FORMAT).to_string().as_bytes());
+        return;
+    }
+    let two = |out: &mut Vec<u8>, v: i8| {
+        out.push(b'0' + (v / 10) as u8);
+        out.push(b'0' + (v % 10) as u8);
+    };
+    out.extend_from_slice(WEEKDAYS[dt.weekday().to_monday_zero_offset() as usize].as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(MONTHS[dt.month() as usize - 1].as_bytes());
+    out.push(b' ');
+    two(out, dt.day());
+    out.push(b' ');
+    two(out, dt.hour());
+    out.push(b':');
+    two(out, dt.minute());
+    out.push(b':');
+    two(out, dt.second());
+    out.extend_from_slice(b" UTC ");
+    let y = dt.year();
+    two(out, (y / 100) as i8);
+    two(out, (y % 100) as i8);
+}
+
+/// Parses an IRIS date strictly: exactly `Www Mmm dd HH:MM:SS UTC YYYY`, a real date and
+/// time, and the weekday must match the date.
 pub fn parse_iris_date(s: &str) -> Result<Timestamp, String> {
-    let tm = jiff::fmt::strtime::parse(IRIS_DATE_FORMAT, s).map_err(|e| e.to_string())?;
-    let dt = tm.to_datetime().map_err(|e| e.to_string())?;
-    dt.to_zoned(jiff::tz::TimeZone::UTC)
-        .map(|z| z.timestamp())
-        .map_err(|e| e.to_string())
+    let bad = || format!("{s:?} is not a date like \"Wed Jul 27 16:17:22 UTC 2016\"");
+    let b = s.as_bytes();
+    if b.len() != 28
+        || b[3] != b' '
+        || b[7] != b' '
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+        || &b[19..24] != b" UTC "
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i16, String> {
+        let d = &b[r];
+        if !d.iter().all(u8::is_ascii_digit) {
+            return Err(bad());
+        }
+        Ok(d.iter().fold(0i16, |a, c| a * 10 + (c - b'0') as i16))
+    };
+    let weekday = WEEKDAYS
+        .iter()
+        .position(|w| w.as_bytes() == &b[0..3])
+        .ok_or_else(bad)?;
+    let month = MONTHS
+        .iter()
+        .position(|m| m.as_bytes() == &b[4..7])
+        .ok_or_else(bad)? as i8
+        + 1;
+    let dt = jiff::civil::DateTime::new(
+        num(24..28)?,
+        month,
+        num(8..10)? as i8,
+        num(11..13)? as i8,
+        num(14..16)? as i8,
+        num(17..19)? as i8,
+        0,
+    )
+    .map_err(|e| format!("{}: {e}", bad()))?;
+    if dt.weekday().to_monday_zero_offset() as usize != weekday {
+        return Err(format!("{}: the weekday does not match the date", bad()));
+    }
+    jiff::tz::Offset::UTC
+        .to_timestamp(dt)
+        .map_err(|e| format!("{}: {e}", bad()))
 }
 
 /// Checks a user's ids (the same rules for intake events and batch rows).
@@ -166,7 +243,7 @@ pub fn render_segment(
     out.extend_from_slice(b"\",\"Status\":\"");
     out.extend_from_slice(status.as_bytes());
     out.extend_from_slice(b"\",\"DateTime\":\"");
-    out.extend_from_slice(iris_date(ts).as_bytes());
+    write_iris_date(ts, out);
     out.extend_from_slice(b"\"}");
     Ok(())
 }
@@ -332,6 +409,53 @@ fn perr(reason: &'static str, detail: impl Into<String>) -> PayloadError {
     }
 }
 
+impl User {
+    /// A 64-bit digest of everything the user entry carries (ids, and each segment's id,
+    /// status and time, in order). Summed (wrapping) over a set of users it gives an
+    /// order-independent fingerprint of the set: `irisd bench` checks the mock received
+    /// exactly the users it sent.
+    pub fn digest(&self) -> u64 {
+        user_digest(
+            &self.aam_uuid,
+            &self.data_partner_uuid,
+            self.segments.iter().map(|s| {
+                (
+                    s.segment_id.as_str(),
+                    s.status.as_str(),
+                    s.date_time.as_str(),
+                )
+            }),
+        )
+    }
+}
+
+/// See [`User::digest`]; `segments` are (id, status, IRIS `DateTime`).
+pub fn user_digest<'a>(
+    aam_uuid: &str,
+    data_partner_uuid: &str,
+    segments: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+) -> u64 {
+    // FNV-1a over the fields, 0xff (never in UTF-8) between them, then a mixing finalizer so
+    // sums of digests do not cancel out.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut field = |s: &str| {
+        for &b in s.as_bytes().iter().chain(std::iter::once(&0xff)) {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    field(aam_uuid);
+    field(data_partner_uuid);
+    for (id, status, time) in segments {
+        field(id);
+        field(status);
+        field(time);
+    }
+    let mut z = h;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Parses and checks a payload: field names and types, digit strings, `User_count` equals the
 /// number of users, at most `max_users` users, `Status` 0 or 1, dates in the IRIS format.
 pub fn parse_payload(body: &[u8], max_users: usize) -> Result<Payload, PayloadError> {
@@ -441,6 +565,78 @@ mod tests {
             "weekday must match"
         );
         assert!(parse_iris_date("2016-07-27T16:17:22Z").is_err());
+        for bad in [
+            "Wed Jul 27 16:17:22 GMT 2016",
+            "Wed Jul 27 16:17:22 UTC 16",
+            "Wed Jul 32 16:17:22 UTC 2016",
+            "Wed Jul 27 24:17:22 UTC 2016",
+            "Wed Jul 27 16:17:2x UTC 2016",
+            "wed Jul 27 16:17:22 UTC 2016",
+            "Wed Jul 27 16:17:22 UTC 2016 ",
+        ] {
+            assert!(parse_iris_date(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_digest_changes_with_every_field_and_segment_order() {
+        let seg = |id: &str, st: &str, t: &str| Segment {
+            segment_id: id.into(),
+            status: st.into(),
+            date_time: t.into(),
+        };
+        let base = User {
+            aam_uuid: "1".into(),
+            data_partner_uuid: "a".into(),
+            segments: vec![seg("10", "1", "T"), seg("11", "0", "T")],
+        };
+        let mut variants = vec![base.clone()];
+        let mut v = base.clone();
+        v.aam_uuid = "2".into();
+        variants.push(v);
+        let mut v = base.clone();
+        v.data_partner_uuid = "b".into();
+        variants.push(v);
+        let mut v = base.clone();
+        v.segments[1].status = "1".into();
+        variants.push(v);
+        let mut v = base.clone();
+        v.segments[0].date_time = "U".into();
+        variants.push(v);
+        let mut v = base.clone();
+        v.segments.reverse();
+        variants.push(v);
+        let mut v = base.clone();
+        v.segments.pop();
+        variants.push(v);
+        // Field boundaries count: "1"+"a" is not "1a"+"".
+        let mut v = base.clone();
+        v.aam_uuid = "1a".into();
+        v.data_partner_uuid = String::new();
+        variants.push(v);
+        let digests: std::collections::HashSet<u64> = variants.iter().map(User::digest).collect();
+        assert_eq!(digests.len(), variants.len());
+        assert_eq!(base.digest(), base.clone().digest());
+    }
+
+    #[test]
+    fn fast_iris_dates_equal_strftime_and_strptime() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..20_000 {
+            // Years 1000–9999 take the fast path; the rest the strftime fallback.
+            let secs = rng.i64(-62_000_000_000..253_402_300_799);
+            let ts = Timestamp::from_second(secs).unwrap();
+            let reference = ts.strftime(IRIS_DATE_FORMAT).to_string();
+            assert_eq!(iris_date(ts), reference);
+            if reference.len() == 28 {
+                assert_eq!(parse_iris_date(&reference).unwrap(), ts, "{reference}");
+                let tm = jiff::fmt::strtime::parse(IRIS_DATE_FORMAT, &reference).unwrap();
+                assert_eq!(
+                    tm.to_datetime().unwrap(),
+                    jiff::tz::Offset::UTC.to_datetime(ts)
+                );
+            }
+        }
     }
 
     #[test]

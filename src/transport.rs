@@ -213,7 +213,20 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Bytes
 
 /// Inflates gzip data, failing as soon as the output would exceed `max` bytes.
 pub fn gunzip_bounded(body: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::with_capacity((body.len() * 4).min(max));
+    // The gzip trailer states the (last member's) size: one allocation of the right size in
+    // the usual case. It is only a hint from the peer, so it is capped (deflate cannot expand
+    // more than ~1032:1, and never beyond `max` or 8 MiB up front).
+    let stated = body
+        .len()
+        .checked_sub(4)
+        .map(|i| u32::from_le_bytes(body[i..].try_into().expect("4 bytes")) as usize)
+        .unwrap_or(0);
+    let hint = stated
+        .max(body.len() * 4)
+        .min(body.len().saturating_mul(1032))
+        .min(max.saturating_add(1))
+        .min(8 << 20);
+    let mut out = Vec::with_capacity(hint);
     let mut dec = flate2::read::MultiGzDecoder::new(body).take(max as u64 + 1);
     dec.read_to_end(&mut out)
         .map_err(|e| DecodeError::Gzip(e.to_string()))?;

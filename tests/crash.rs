@@ -55,7 +55,7 @@ async fn wait_for_all(env: &Env, acked: &[u64], timeout: Duration) -> (usize, u6
     })
     .await;
     let seen = state.user_counts();
-    let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
+    let missing = want.iter().filter(|u| !seen.contains_key(u)).count();
     assert!(
         ok,
         "{missing} of {} acknowledged events never reached the partner",

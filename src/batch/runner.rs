@@ -116,6 +116,9 @@ pub struct RunReport {
     pub dead_lettered: u64,
     pub users_per_sec: f64,
     pub bytes_read: u64,
+    /// Payload bytes of delivered requests, before and after gzip.
+    pub bytes_raw: u64,
+    pub bytes_sent: u64,
 }
 
 impl RunReport {
@@ -207,6 +210,8 @@ pub async fn run_files(
         dead_lettered: sum(|r| r.dead_lettered),
         users_per_sec: users as f64 / duration.max(1e-9),
         bytes_read: progress.bytes_read.load(Relaxed),
+        bytes_raw: ctx.metrics.bytes_raw.load(Relaxed),
+        bytes_sent: ctx.metrics.bytes_sent.load(Relaxed),
         files: reports,
     })
 }

@@ -193,6 +193,7 @@ use super::resolve::wait_for;
 /// Delivers one batch until it is acknowledged, dead-lettered, or the daemon stops.
 async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver<RunState>) {
     let ids: Vec<u64> = batch.iter().map(|u| u.id).collect();
+    let accepted: Vec<i64> = batch.iter().map(|u| u.accepted_at_ms).collect();
     let bytes: u64 = batch.iter().map(|u| u.json.len() as u64).sum();
     let oldest_ms = batch
         .iter()
@@ -222,6 +223,7 @@ async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver
             m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
             m.requests_ok.fetch_add(1, Relaxed);
             m.delivered_users.fetch_add(users, Relaxed);
+            m.record_lag(accepted.into_iter(), now_ms());
         }
         Resolution::Dead(info) => match lane
             .spool

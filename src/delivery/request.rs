@@ -2,8 +2,6 @@
 //! headers out. The payload is written straight into a buffer and, when enabled, gzip-encoded;
 //! the token is added last, per attempt, so a replay after a 401 reuses the same body.
 
-use std::io::Write;
-
 use bytes::Bytes;
 use http::header::{
     ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
@@ -19,6 +17,13 @@ use crate::payload::{PayloadHeader, UserRecord};
 
 /// Header carrying the request id; the same on every attempt of one batch.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+thread_local! {
+    static JSON_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A per-thread JSON buffer larger than this is given back after use (bounded memory).
+const MAX_KEPT_BUFFER: usize = 4 << 20;
 
 /// A built publish request, ready to be sent (and re-sent) with a token.
 #[derive(Debug, Clone)]
@@ -84,17 +89,27 @@ impl RequestBuilder {
         request_id: String,
     ) -> PreparedRequest {
         let bytes: usize = users.iter().map(|u| u.json.len()).sum();
-        let mut json = Vec::with_capacity(self.header.payload_size(users.len(), bytes));
-        self.header.write_payload(now, users, &mut json);
-        let raw_len = json.len();
-        let body = match self.gzip {
-            Some(level) => {
-                let mut enc =
-                    flate2::write::GzEncoder::new(Vec::with_capacity(raw_len / 4 + 64), level);
-                enc.write_all(&json).expect("writing to a Vec");
-                Bytes::from(enc.finish().expect("writing to a Vec"))
+        let size = self.header.payload_size(users.len(), bytes);
+        let (body, raw_len) = match self.gzip {
+            // The plain JSON is only the compressor's input: a per-thread buffer, reused.
+            Some(level) => JSON_BUFFER.with(|cell| {
+                let mut json = cell.borrow_mut();
+                json.clear();
+                json.reserve(size);
+                self.header.write_payload(now, users, &mut json);
+                let body = Bytes::from(crate::gzip::encode(&json, level));
+                let raw_len = json.len();
+                if json.capacity() > MAX_KEPT_BUFFER {
+                    *json = Vec::new();
+                }
+                (body, raw_len)
+            }),
+            None => {
+                let mut json = Vec::with_capacity(size);
+                self.header.write_payload(now, users, &mut json);
+                let raw_len = json.len();
+                (Bytes::from(json), raw_len)
             }
-            None => Bytes::from(json),
         };
         let signature = self.signing.as_ref().map(|sg| {
             use secrecy::ExposeSecret;

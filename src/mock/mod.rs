@@ -237,6 +237,10 @@ pub struct MockStats {
     pub duplicate_request_ids: u64,
     /// More than 10 million distinct users or request ids: tracking stopped there.
     pub tracking_truncated: bool,
+    /// Wrapping sum of [`crate::payload::User::digest`] over the first accepted entry of each
+    /// distinct `AAM_UUID`: a fingerprint of exactly what arrived, whatever the order.
+    #[serde(default)]
+    pub users_digest: u64,
 }
 
 /// One request as the mock saw it (Authorization redacted).
@@ -364,11 +368,14 @@ pub fn token_hash(token: &str) -> String {
 /// Deliveries per user and per request id, for duplicate counting.
 #[derive(Default)]
 struct Seen {
-    users: HashMap<String, u32>,
-    request_ids: HashMap<String, u32>,
+    /// By a 64-bit hash of the id: a tenth of the memory of the ids themselves, and a false
+    /// "duplicate" needs a 64-bit collision (about 3 in a million at the 10 million cap).
+    users: HashMap<u64, u32, BuildIdentity>,
+    request_ids: HashMap<u64, u32, BuildIdentity>,
     duplicate_users: u64,
     duplicate_request_ids: u64,
     truncated: bool,
+    digest: u64,
 }
 
 impl MockState {
@@ -407,6 +414,7 @@ impl MockState {
         s.unique_request_ids = seen.request_ids.len() as u64;
         s.duplicate_request_ids = seen.duplicate_request_ids;
         s.tracking_truncated = seen.truncated;
+        s.users_digest = seen.digest;
         s
     }
 
@@ -503,9 +511,9 @@ impl MockState {
         }
     }
 
-    /// How many times each `AAM_UUID` was accepted.
-    pub fn user_counts(&self) -> HashMap<String, u32> {
-        lock(&self.seen).users.clone()
+    /// How many times each `AAM_UUID` was accepted (a copy).
+    pub fn user_counts(&self) -> UserCounts {
+        UserCounts(lock(&self.seen).users.clone())
     }
 
     /// Counts one publish request in the scenario and returns the faults it gets: the
@@ -584,6 +592,8 @@ impl MockState {
         for u in &payload.users {
             if count_seen(&mut seen.users, &u.aam_uuid, &mut seen.truncated) {
                 seen.duplicate_users += 1;
+            } else {
+                seen.digest = seen.digest.wrapping_add(u.digest());
             }
         }
         if let Some(rid) = request_id {
@@ -684,13 +694,70 @@ impl MockState {
 }
 
 /// Counts one more sighting of `key`; true if it was seen before.
-fn count_seen(map: &mut HashMap<String, u32>, key: &str, truncated: &mut bool) -> bool {
-    if let Some(n) = map.get_mut(key) {
+/// Deliveries per `AAM_UUID`, from [`MockState::user_counts`].
+pub struct UserCounts(HashMap<u64, u32, BuildIdentity>);
+
+impl UserCounts {
+    fn key(aam_uuid: &str) -> u64 {
+        crate::payload::user_digest(aam_uuid, "", std::iter::empty())
+    }
+    /// How many times `aam_uuid` was accepted, if at all.
+    pub fn get(&self, aam_uuid: &str) -> Option<&u32> {
+        self.0.get(&Self::key(aam_uuid))
+    }
+    pub fn contains_key(&self, aam_uuid: &str) -> bool {
+        self.0.contains_key(&Self::key(aam_uuid))
+    }
+    /// Distinct users.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Deliveries of each distinct user.
+    pub fn values(&self) -> impl Iterator<Item = &u32> {
+        self.0.values()
+    }
+}
+
+/// Keys of the duplicate maps are already well-mixed 64-bit hashes: hashing them again is
+/// wasted work.
+#[derive(Default, Clone, Copy)]
+struct BuildIdentity;
+
+#[derive(Default)]
+struct Identity(u64);
+
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+impl std::hash::BuildHasher for BuildIdentity {
+    type Hasher = Identity;
+    fn build_hasher(&self) -> Identity {
+        Identity(0)
+    }
+}
+
+fn count_seen(map: &mut HashMap<u64, u32, BuildIdentity>, key: &str, truncated: &mut bool) -> bool {
+    let key = UserCounts::key(key);
+    if let Some(n) = map.get_mut(&key) {
         *n += 1;
         return true;
     }
     if map.len() < MAX_TRACKED {
-        map.insert(key.to_string(), 1);
+        map.insert(key, 1);
     } else {
         *truncated = true;
     }
