@@ -50,6 +50,7 @@ pub struct Admin {
     /// False once the daemon stops accepting events.
     pub ready: AtomicBool,
     registry: Registry,
+    kafka: Arc<std::sync::OnceLock<Arc<crate::kafka::KafkaShared>>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -62,6 +63,7 @@ impl std::fmt::Debug for Admin {
 struct Live {
     destinations: Arc<arc_swap::ArcSwap<Vec<Watched>>>,
     spool: Arc<Spool>,
+    kafka: Arc<std::sync::OnceLock<Arc<crate::kafka::KafkaShared>>>,
 }
 
 impl std::fmt::Debug for Live {
@@ -247,6 +249,32 @@ impl Collector for Live {
                     sum, count, &buckets, None,
                 )?;
         }
+        if let Some(k) = self.kafka.get() {
+            let km = &k.metrics;
+            for (name, help, v) in [
+                ("irisd_kafka_records", "Records taken from Kafka.", &km.records),
+                ("irisd_kafka_poison_records", "Records dead-lettered as poison (not an event, unknown destination, invalid field).", &km.poison),
+                ("irisd_kafka_commits", "Offset commits (each up to the per-partition low watermark of settled records).", &km.commits),
+                ("irisd_kafka_rebalances", "Partition revocations seen by this instance.", &km.rebalances),
+                ("irisd_kafka_pauses", "Partitions paused because their destination's lane was full.", &km.pauses),
+            ] {
+                let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(v.load(Relaxed)).encode(m)?;
+            }
+            let lag: Vec<(Vec<(&str, String)>, i64)> = km
+                .lag
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|((t, p), l)| (vec![("topic", t.clone()), ("partition", p.to_string())], *l))
+                .collect();
+            gauge(
+                &mut enc,
+                "irisd_kafka_consumer_lag",
+                "Messages behind the partition's end (librdkafka statistics, every 5 s).",
+                &lag,
+            )?;
+        }
         let mut m = enc.encode_descriptor(
             "irisd_delivery_lag_seconds",
             "Time from acceptance at the intake to the partner's acknowledgement, per user.",
@@ -268,16 +296,24 @@ impl Admin {
     pub fn new(destinations: Vec<Watched>, spool: Arc<Spool>) -> Arc<Self> {
         let destinations = Arc::new(arc_swap::ArcSwap::from_pointee(destinations));
         let mut registry = Registry::default();
+        let kafka = Arc::new(std::sync::OnceLock::new());
         registry.register_collector(Box::new(Live {
             destinations: destinations.clone(),
             spool: spool.clone(),
+            kafka: kafka.clone(),
         }));
         Arc::new(Self {
             destinations,
             spool,
             ready: AtomicBool::new(true),
             registry,
+            kafka,
         })
+    }
+
+    /// Reports the Kafka sources' counters too.
+    pub fn set_kafka(&self, shared: Arc<crate::kafka::KafkaShared>) {
+        let _ = self.kafka.set(shared);
     }
 
     /// The destinations to report on (after a reload).

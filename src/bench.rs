@@ -104,6 +104,9 @@ pub struct BenchReport {
     pub duplicates: u64,
     pub ceiling_users_per_sec: Option<f64>,
     pub ratio_to_ceiling: Option<f64>,
+    /// CPU seconds per million users the ceiling run used (mock + pre-built sender, this
+    /// process): the ceiling saturates the same cores the daemon must share with the mock.
+    pub ceiling_cpu_s_per_million_users: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -367,6 +370,7 @@ max_in_flight = {conc}
     let ceiling = if opts.ceiling {
         mock.state.reset();
         let c = ceiling(opts, &work, &mock, &secret).await?;
+        let c = (c.0, c.1);
         let s = mock.state.stats();
         if s.unique_users != opts.users || s.users_digest != expected {
             return Err(err(
@@ -400,8 +404,9 @@ max_in_flight = {conc}
         daemon_peak_rss_mb: round(run.peak_rss as f64 / 1e6, 1),
         verified,
         duplicates,
-        ceiling_users_per_sec: ceiling.map(|c| round(c, 0)),
-        ratio_to_ceiling: ceiling.map(|c| round(users_per_sec / c, 2)),
+        ceiling_users_per_sec: ceiling.map(|c| round(c.0, 0)),
+        ratio_to_ceiling: ceiling.map(|c| round(users_per_sec / c.0, 2)),
+        ceiling_cpu_s_per_million_users: ceiling.map(|c| round(c.1 / opts.users as f64 * 1e6, 2)),
     })
 }
 
@@ -668,7 +673,7 @@ async fn ceiling(
     work: &Workload,
     mock: &MockPartner,
     secret: &str,
-) -> Result<f64, BenchError> {
+) -> Result<(f64, f64), BenchError> {
     let builder = RequestBuilder::new(
         mock.publish_url().parse().map_err(err)?,
         Method::POST,
@@ -722,6 +727,7 @@ async fn ceiling(
     let requests = Arc::new(requests);
     let builder = Arc::new(builder);
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu0 = proc_usage(std::process::id()).map_or(0.0, |u| u.0);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.concurrency {
@@ -755,5 +761,7 @@ async fn ceiling(
     while let Some(r) = tasks.join_next().await {
         r.map_err(err)?.map_err(err)?;
     }
-    Ok(opts.users as f64 / started.elapsed().as_secs_f64())
+    let rate = opts.users as f64 / started.elapsed().as_secs_f64();
+    let cpu1 = proc_usage(std::process::id()).map_or(0.0, |u| u.0);
+    Ok((rate, cpu1 - cpu0))
 }

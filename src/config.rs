@@ -9,7 +9,7 @@
 //! (`irisd.toml:14: destination[0].auth.token_url: ...`). Secrets are read here, once, into
 //! [`SecretString`]s and never printed: [`Config`]'s `Debug` shows `[REDACTED]`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -69,7 +69,72 @@ struct RawConfig {
     admin: AdminConfig,
     #[serde(default, rename = "destination")]
     destinations: Vec<RawDestination>,
+    #[serde(default)]
+    source: RawSources,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSources {
+    #[serde(default)]
+    kafka: Vec<RawKafka>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    bootstrap_servers: Spanned<String>,
+    topics: Spanned<Vec<String>>,
+    group_id: Spanned<String>,
+    destination: Option<Spanned<String>>,
+    #[serde(default = "default_commit_interval_ms")]
+    commit_interval_ms: u64,
+    #[serde(default)]
+    librdkafka: BTreeMap<String, Spanned<String>>,
+}
+
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+
+/// `[[source.kafka]]`: consume events from Kafka as one consumer group.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub bootstrap_servers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    /// Every record goes to this destination; none = the record's `destination` field.
+    pub destination: Option<String>,
+    pub commit_interval: Duration,
+    /// Passed to librdkafka as is (`security.protocol`, `sasl.*`, `ssl.*`, timeouts); values
+    /// may be passwords, so they are secrets.
+    pub librdkafka: BTreeMap<String, SecretString>,
+}
+
+impl PartialEq for KafkaSourceConfig {
+    fn eq(&self, o: &Self) -> bool {
+        use secrecy::ExposeSecret;
+        self.bootstrap_servers == o.bootstrap_servers
+            && self.topics == o.topics
+            && self.group_id == o.group_id
+            && self.destination == o.destination
+            && self.commit_interval == o.commit_interval
+            && self.librdkafka.len() == o.librdkafka.len()
+            && self
+                .librdkafka
+                .iter()
+                .zip(&o.librdkafka)
+                .all(|((a, x), (b, y))| a == b && x.expose_secret() == y.expose_secret())
+    }
+}
+
+/// librdkafka settings irisd owns: overriding them would break at-least-once.
+const KAFKA_RESERVED: [&str; 4] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -350,6 +415,7 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub admin: AdminConfig,
     pub destinations: Vec<Destination>,
+    pub kafka: Vec<KafkaSourceConfig>,
 }
 
 /// One partner configuration.
@@ -530,12 +596,60 @@ impl Config {
             destinations.push(dest);
         }
         let spool = ctx.spool(&raw.spool)?;
+        let mut kafka = Vec::new();
+        for (i, k) in raw.source.kafka.into_iter().enumerate() {
+            let key = |f: &str| format!("source.kafka[{i}].{f}");
+            for (v, f) in [
+                (&k.bootstrap_servers, "bootstrap_servers"),
+                (&k.group_id, "group_id"),
+            ] {
+                if v.get_ref().trim().is_empty() {
+                    return Err(ctx.invalid(v.span(), &key(f), "must not be empty"));
+                }
+            }
+            if k.topics.get_ref().is_empty() || k.topics.get_ref().iter().any(|t| t.is_empty()) {
+                return Err(ctx.invalid(
+                    k.topics.span(),
+                    &key("topics"),
+                    "must list at least one topic, none empty",
+                ));
+            }
+            if let Some(d) = &k.destination {
+                if !names.contains(d.get_ref()) {
+                    return Err(ctx.invalid(
+                        d.span(),
+                        &key("destination"),
+                        &format!("no destination named {:?} is configured", d.get_ref()),
+                    ));
+                }
+            }
+            let mut librdkafka = BTreeMap::new();
+            for (name, v) in k.librdkafka {
+                if KAFKA_RESERVED.contains(&name.as_str()) {
+                    return Err(ctx.invalid(
+                        v.span(),
+                        &key(&format!("librdkafka.{name}")),
+                        "is set by irisd (offsets are committed only after delivery); remove it",
+                    ));
+                }
+                librdkafka.insert(name, SecretString::from(v.into_inner()));
+            }
+            kafka.push(KafkaSourceConfig {
+                bootstrap_servers: k.bootstrap_servers.into_inner(),
+                topics: k.topics.into_inner(),
+                group_id: k.group_id.into_inner(),
+                destination: k.destination.map(Spanned::into_inner),
+                commit_interval: Duration::from_millis(k.commit_interval_ms.max(10)),
+                librdkafka,
+            });
+        }
         Ok(Config {
             path: ctx.path.to_owned(),
             intake: raw.intake,
             spool,
             admin: raw.admin,
             destinations,
+            kafka,
         })
     }
 }

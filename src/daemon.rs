@@ -61,9 +61,72 @@ pub struct DestinationRuntime {
     /// What it was started from (to tell, on reload, whether it changed).
     fingerprint: String,
     handle: lane::LaneHandle,
+    /// Shared with the Kafka stream lane, if any (one token cache, one pool).
+    sender: Arc<crate::delivery::sender::Sender>,
+    lane_options: LaneOptions,
     lane: JoinHandle<()>,
     batch: Option<JoinHandle<()>>,
     state: watch::Sender<RunState>,
+}
+
+/// The Kafka sources and their stream lanes.
+pub struct KafkaRuntime {
+    pub shared: Arc<crate::kafka::KafkaShared>,
+    state: watch::Sender<RunState>,
+    sources: Vec<JoinHandle<Result<(), String>>>,
+    lanes: Vec<JoinHandle<()>>,
+}
+
+fn start_kafka(
+    config: &Config,
+    destinations: &[DestinationRuntime],
+    spool: &Arc<Spool>,
+) -> Result<Option<KafkaRuntime>, StartError> {
+    if config.kafka.is_empty() {
+        return Ok(None);
+    }
+    let shared = Arc::new(crate::kafka::KafkaShared::default());
+    let (state, state_rx) = watch::channel(RunState::Running);
+    let mut inputs = std::collections::HashMap::new();
+    let mut lanes = Vec::new();
+    for d in destinations {
+        let (tx, max_record_bytes, task) = lane::spawn_stream(
+            d.sender.clone(),
+            d.lane_options.clone(),
+            d.metrics.clone(),
+            spool.clone(),
+            state_rx.clone(),
+            shared.clone(),
+        );
+        inputs.insert(
+            d.name.clone(),
+            crate::kafka::LaneInput {
+                tx,
+                max_record_bytes,
+            },
+        );
+        lanes.push(task);
+    }
+    let dead = Arc::new(std::sync::Mutex::new(
+        crate::spool::DeadLetterStore::open_or_create(spool.path())?,
+    ));
+    let mut sources = Vec::new();
+    for (i, k) in config.kafka.iter().enumerate() {
+        sources.push(tokio::spawn(crate::kafka::run(
+            i,
+            k.clone(),
+            inputs.clone(),
+            shared.clone(),
+            dead.clone(),
+            state_rx.clone(),
+        )));
+    }
+    Ok(Some(KafkaRuntime {
+        shared,
+        state,
+        sources,
+        lanes,
+    }))
 }
 
 /// What a reload changed.
@@ -97,6 +160,8 @@ pub struct Daemon {
     server: ServerHandle,
     /// The settings a reload cannot change.
     fixed: (SocketAddr, std::path::PathBuf, Option<SocketAddr>),
+    kafka_config: Vec<crate::config::KafkaSourceConfig>,
+    kafka: Option<KafkaRuntime>,
     reports_dir: std::path::PathBuf,
 }
 
@@ -152,7 +217,11 @@ impl Daemon {
                 addr: config.intake.listen,
                 source,
             })?;
+        let kafka = start_kafka(config, &destinations, &spool)?;
         let admin = Admin::new(watched(&destinations), spool.clone());
+        if let Some(k) = &kafka {
+            admin.set_kafka(k.shared.clone());
+        }
         let admin_server = match config.admin.listen {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -197,6 +266,8 @@ impl Daemon {
                 config.spool.path.clone(),
                 config.admin.listen,
             ),
+            kafka_config: config.kafka.clone(),
+            kafka,
             reports_dir,
         })
     }
@@ -215,6 +286,9 @@ impl Daemon {
         }
         if config.admin.listen != self.fixed.2 {
             return Err(ReloadError::NeedsRestart("admin.listen"));
+        }
+        if config.kafka != self.kafka_config {
+            return Err(ReloadError::NeedsRestart("source.kafka"));
         }
         let mut summary = ReloadSummary::default();
         let mut to_start = Vec::new();
@@ -294,6 +368,31 @@ impl Daemon {
             let _ = r.state.send(RunState::Draining);
         }
         self.server.shutdown(grace).await;
+        // Kafka: stop taking records, let the stream lanes deliver what they hold, commit.
+        if let Some(k) = self.kafka {
+            let _ = k.state.send(RunState::Draining);
+            let mut all: Vec<JoinHandle<()>> = k.lanes;
+            if tokio::time::timeout_at(deadline, join_all(&mut all))
+                .await
+                .is_err()
+            {
+                let _ = k.state.send(RunState::Stop);
+                if tokio::time::timeout(Duration::from_secs(2), join_all(&mut all))
+                    .await
+                    .is_err()
+                {
+                    all.iter().for_each(JoinHandle::abort);
+                }
+            }
+            let _ = k.state.send(RunState::Stop);
+            for s in k.sources {
+                match tokio::time::timeout(Duration::from_secs(15), s).await {
+                    Ok(Ok(Err(e))) => tracing::error!(error = %e, "kafka source failed"),
+                    Err(_) => tracing::warn!("kafka source did not stop in time"),
+                    _ => {}
+                }
+            }
+        }
         let (mut lanes, mut batches): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
         let mut states = Vec::new();
         for r in self.destinations {
@@ -417,20 +516,22 @@ fn launch(
         );
     }
     let (state, state_rx) = watch::channel(RunState::Running);
+    let lane_options = LaneOptions {
+        max_users: d.publish.max_users,
+        max_bytes: d.publish.max_bytes,
+        linger: d.publish.linger,
+        max_in_flight: d.publish.max_in_flight,
+        retry: d.retry.clone(),
+        retry_permanent: d.profile == Profile::Iris,
+    };
     let (handle, lane_task) = lane::spawn(
         sender.clone(),
-        LaneOptions {
-            max_users: d.publish.max_users,
-            max_bytes: d.publish.max_bytes,
-            linger: d.publish.linger,
-            max_in_flight: d.publish.max_in_flight,
-            retry: d.retry.clone(),
-            retry_permanent: d.profile == Profile::Iris,
-        },
+        lane_options.clone(),
         metrics.clone(),
         spool.clone(),
         state_rx.clone(),
     )?;
+    let lane_sender = sender.clone();
     let mut batch_metrics = None;
     let mut batch = None;
     if let Some(b) = d
@@ -465,6 +566,8 @@ fn launch(
         batch_metrics,
         fingerprint: fingerprint(d),
         handle,
+        sender: lane_sender,
+        lane_options,
         lane: lane_task,
         batch,
         state,

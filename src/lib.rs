@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod demo;
 pub mod gzip;
 pub mod intake;
+pub mod kafka;
 pub mod metrics;
 pub mod mock;
 pub mod oauth;

@@ -68,6 +68,15 @@ struct Lane {
     metrics: Arc<DestinationMetrics>,
     opts: LaneOptions,
     circuit: Circuit,
+    /// Stream lanes (Kafka): how delivered or dead-lettered events settle. Spool lanes: none
+    /// (the spool row is deleted or moved).
+    stream: Option<Arc<dyn crate::kafka::StreamAcks>>,
+}
+
+/// Where a lane's events come from.
+enum Feed {
+    Spool(Arc<SpoolReader>),
+    Stream(tokio::sync::mpsc::Receiver<UserRecord>),
 }
 
 /// Starts a lane for `sender`'s destination.
@@ -99,14 +108,63 @@ pub fn spawn(
         spool,
         metrics,
         opts,
+        stream: None,
     });
-    let task = tokio::spawn(run(lane, Arc::new(reader), batcher, notify, state));
+    let task = tokio::spawn(run(
+        lane,
+        Feed::Spool(Arc::new(reader)),
+        batcher,
+        notify,
+        state,
+    ));
     Ok((handle, task))
+}
+
+/// Starts a stream lane (Kafka) for `sender`'s destination: events come from the returned
+/// channel (bounded: `max_users × max_in_flight`), are batched, delivered and dead-lettered
+/// exactly like spooled ones, and settle through `acks` instead of the spool. Returns the
+/// channel and the largest record a payload can carry.
+pub fn spawn_stream(
+    sender: Arc<Sender>,
+    opts: LaneOptions,
+    metrics: Arc<DestinationMetrics>,
+    spool: Arc<Spool>,
+    state: watch::Receiver<RunState>,
+    acks: Arc<dyn crate::kafka::StreamAcks>,
+) -> (
+    tokio::sync::mpsc::Sender<UserRecord>,
+    usize,
+    tokio::task::JoinHandle<()>,
+) {
+    let batcher = Batcher::new(
+        opts.max_users,
+        opts.max_bytes,
+        sender.builder().payload_header().clone(),
+    );
+    let max_record = batcher.max_record_bytes();
+    let (tx, rx) = tokio::sync::mpsc::channel((opts.max_users * opts.max_in_flight).max(16));
+    let lane = Arc::new(Lane {
+        circuit: Circuit::new(&opts.retry),
+        name: sender.destination.as_str().into(),
+        sender,
+        spool,
+        metrics,
+        opts,
+        stream: Some(acks),
+    });
+    let task = tokio::spawn(run(
+        lane,
+        Feed::Stream(rx),
+        batcher,
+        Arc::new(Notify::new()),
+        state,
+    ));
+    (tx, max_record, task)
 }
 
 async fn run(
     lane: Arc<Lane>,
-    reader: Arc<SpoolReader>,
+    mut feed: Feed,
     mut batcher: Batcher,
     notify: Arc<Notify>,
     mut state: watch::Receiver<RunState>,
@@ -121,19 +179,36 @@ async fn run(
         if *state.borrow() == RunState::Stop {
             break;
         }
-        let r = reader.clone();
-        let rows = match tokio::task::spawn_blocking(move || r.read_after(cursor, read_limit)).await
-        {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
-                tracing::error!(destination = %lane.name, error = %e, "reading the spool failed; retrying in 1 s");
-                tokio::time::sleep(IDLE_POLL).await;
-                continue;
+        let rows = match &mut feed {
+            Feed::Stream(rx) => {
+                let mut rows = Vec::new();
+                while rows.len() < read_limit {
+                    match rx.try_recv() {
+                        Ok(r) => rows.push(r),
+                        Err(_) => break,
+                    }
+                }
+                // Stream ids are tickets, not ordered: the cursor is not used.
+                for r in &rows {
+                    cursor = cursor.max(r.id);
+                }
+                rows
             }
-            Err(e) => {
-                tracing::error!(destination = %lane.name, error = %e, "spool reader task failed");
-                tokio::time::sleep(IDLE_POLL).await;
-                continue;
+            Feed::Spool(reader) => {
+                let r = reader.clone();
+                match tokio::task::spawn_blocking(move || r.read_after(cursor, read_limit)).await {
+                    Ok(Ok(rows)) => rows,
+                    Ok(Err(e)) => {
+                        tracing::error!(destination = %lane.name, error = %e, "reading the spool failed; retrying in 1 s");
+                        tokio::time::sleep(IDLE_POLL).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(destination = %lane.name, error = %e, "spool reader task failed");
+                        tokio::time::sleep(IDLE_POLL).await;
+                        continue;
+                    }
+                }
             }
         };
         if let Some(last) = rows.last() {
@@ -155,7 +230,23 @@ async fn run(
                 }
             } else {
                 let deadline = batcher.deadline(lane.opts.linger);
+                let stream_rx = match &mut feed {
+                    Feed::Stream(rx) => Some(rx),
+                    Feed::Spool(_) => None,
+                };
+                let has_stream = stream_rx.is_some();
                 tokio::select! {
+                    r = recv_some(stream_rx), if has_stream => match r {
+                        Some(row) => {
+                            lane.metrics.in_flight_users.fetch_add(1, Relaxed);
+                            batcher.push(row, Instant::now(), |b| ready.push(b));
+                        }
+                        // The source is gone: deliver what is batched, then stop.
+                        None => {
+                            ready.extend(batcher.take());
+                            if ready.is_empty() { break; }
+                        }
+                    },
                     _ = notify.notified() => {}
                     _ = sleep_until(deadline), if deadline.is_some() => ready.extend(batcher.take()),
                     _ = tokio::time::sleep(IDLE_POLL) => {}
@@ -181,6 +272,13 @@ async fn run(
     tracing::debug!(destination = %lane.name, "lane stopped");
 }
 
+async fn recv_some(rx: Option<&mut tokio::sync::mpsc::Receiver<UserRecord>>) -> Option<UserRecord> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -194,6 +292,12 @@ use super::resolve::wait_for;
 async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver<RunState>) {
     let ids: Vec<u64> = batch.iter().map(|u| u.id).collect();
     let accepted: Vec<i64> = batch.iter().map(|u| u.accepted_at_ms).collect();
+    // A stream lane dead-letters bodies that are not in the spool: keep them (cheap clones).
+    let bodies: Vec<bytes::Bytes> = if lane.stream.is_some() {
+        batch.iter().map(|u| u.json.clone()).collect()
+    } else {
+        Vec::new()
+    };
     let bytes: u64 = batch.iter().map(|u| u.json.len() as u64).sum();
     let oldest_ms = batch
         .iter()
@@ -218,6 +322,44 @@ async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver
         metrics: m,
     };
     match ctx.resolve(&req, oldest_ms, &mut state).await {
+        Resolution::Delivered if lane.stream.is_some() => {
+            if let Some(acks) = &lane.stream {
+                acks.settled(&ids);
+            }
+            m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
+            m.requests_ok.fetch_add(1, Relaxed);
+            m.delivered_users.fetch_add(users, Relaxed);
+            m.record_lag(accepted.into_iter(), now_ms());
+        }
+        Resolution::Dead(info) if lane.stream.is_some() => {
+            let path = lane.spool.path().to_owned();
+            let name = lane.name.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                crate::spool::DeadLetterStore::open_or_create(&path)?.add(
+                    &name,
+                    &bodies,
+                    now_ms(),
+                    &info,
+                )
+            })
+            .await;
+            match stored {
+                Ok(Ok(_)) => {
+                    if let Some(acks) = &lane.stream {
+                        acks.settled(&ids);
+                    }
+                    m.dead_lettered_users.fetch_add(users, Relaxed);
+                    m.failed_users.fetch_add(users, Relaxed);
+                }
+                // Not settled: the offsets are not committed; re-consumed after a restart.
+                Ok(Err(e)) => {
+                    tracing::error!(destination = %lane.name, error = %e, "cannot write the dead letters")
+                }
+                Err(e) => {
+                    tracing::error!(destination = %lane.name, error = %e, "dead-letter task failed")
+                }
+            }
+        }
         Resolution::Delivered => {
             lane.spool.ack(lane.name.clone(), ids, bytes);
             m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);

@@ -103,6 +103,17 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
+    /// A copy in a new allocation (see [`cache`]: each thread uses its own).
+    pub(crate) fn duplicate(&self) -> Token {
+        Token {
+            value: SecretString::from(self.value.expose_secret().to_string()),
+            generation: self.generation,
+            obtained_at: self.obtained_at,
+            expires_at: self.expires_at,
+            refresh_at: self.refresh_at,
+        }
+    }
+
     /// `Bearer <token>`, marked sensitive.
     pub fn bearer_header(&self) -> HeaderValue {
         let mut hv = HeaderValue::try_from(format!("Bearer {}", self.value.expose_secret()))
