@@ -603,6 +603,7 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
 async fn run(config_path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_path)?;
     let mut daemon = Daemon::start(&config).await?;
+    sd_notify("READY=1");
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
@@ -632,11 +633,35 @@ async fn run(config_path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> 
         grace_s = grace.as_secs(),
         "shutting down: intake closed, sending what is queued"
     );
+    sd_notify("STOPPING=1");
     if !daemon.shutdown(grace).await {
         tracing::warn!("grace period over; undelivered events stay in the spool and go out after the next start");
     }
     // Nothing accepted is lost either way: it is delivered, dead-lettered, or spooled.
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (`Type=notify`) about readiness and stopping, when started by it.
+fn sd_notify(state: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let path = path.to_string_lossy().into_owned();
+        let addr = match path.strip_prefix('@') {
+            Some(abstract_name) => UnixAddr::from_abstract_name(abstract_name.as_bytes()),
+            None => UnixAddr::from_pathname(&path),
+        };
+        let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &a));
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = state;
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

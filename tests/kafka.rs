@@ -209,6 +209,35 @@ async fn one_instance_delivers_everything_dead_letters_poison_and_commits_to_the
         "{text}"
     );
     assert!(text.contains("irisd_kafka_records_total 2002"), "{text}");
+    // Every metric the Grafana dashboard queries exists.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/irisd-dashboard.json"
+    ))
+    .unwrap();
+    let mut queried: Vec<&str> = dashboard
+        .match_indices("irisd_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let name = &rest[..end];
+            name.strip_suffix("_total")
+                .or_else(|| name.strip_suffix("_bucket"))
+                .unwrap_or(name)
+        })
+        .filter(|n| *n != "irisd_")
+        .collect();
+    queried.sort();
+    queried.dedup();
+    assert!(queried.len() >= 15, "{queried:?}");
+    for name in queried {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "the dashboard queries {name}, which irisd does not export"
+        );
+    }
     daemon.shutdown(Duration::from_secs(5)).await;
 }
 
