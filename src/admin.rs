@@ -102,6 +102,25 @@ where
     Ok(())
 }
 
+/// Buckets (upper bound, count in it), sum and count of one histogram per label set.
+type HistogramRow<'a> = (Vec<(&'a str, String)>, (Vec<(f64, u64)>, f64, u64));
+
+fn histogram(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: &[HistogramRow<'_>],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, (buckets, sum, count)) in rows {
+        m.encode_family(labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                *sum, *count, buckets, None,
+            )?;
+    }
+    Ok(())
+}
+
 impl Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let destinations = self.destinations.load_full();
@@ -236,19 +255,16 @@ impl Collector for Live {
             "Users delivered by batch runs.",
             &batch,
         )?;
-        let mut m = enc.encode_descriptor(
+        let rows: Vec<_> = destinations
+            .iter()
+            .map(|w| (d(w), w.metrics.latency_buckets(&LATENCY_BOUNDS)))
+            .collect();
+        histogram(
+            &mut enc,
             "irisd_publish_duration_seconds",
             "Latency of successful publish requests.",
-            None,
-            MetricType::Histogram,
+            &rows,
         )?;
-        for w in destinations {
-            let (buckets, sum, count) = w.metrics.latency_buckets(&LATENCY_BOUNDS);
-            m.encode_family(&d(w))?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    sum, count, &buckets, None,
-                )?;
-        }
         if let Some(k) = self.kafka.get() {
             let km = &k.metrics;
             for (name, help, v) in [
@@ -275,19 +291,16 @@ impl Collector for Live {
                 &lag,
             )?;
         }
-        let mut m = enc.encode_descriptor(
+        let rows: Vec<_> = destinations
+            .iter()
+            .map(|w| (d(w), w.metrics.lag_buckets(&LAG_BOUNDS)))
+            .collect();
+        histogram(
+            &mut enc,
             "irisd_delivery_lag_seconds",
             "Time from acceptance at the intake to the partner's acknowledgement, per user.",
-            None,
-            MetricType::Histogram,
+            &rows,
         )?;
-        for w in destinations {
-            let (buckets, sum, count) = w.metrics.lag_buckets(&LAG_BOUNDS);
-            m.encode_family(&d(w))?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    sum, count, &buckets, None,
-                )?;
-        }
         Ok(())
     }
 }

@@ -269,13 +269,7 @@ async fn run_in(dir: &Path, opts: &BenchOptions) -> Result<BenchReport, BenchErr
         listen: "127.0.0.1:0".parse().expect("literal"),
         tls_dir: dir.join("tls"),
         max_users: opts.users_per_request.max(10),
-        clients: vec![ClientSpec {
-            client_id: Some("iris-bench".into()),
-            client_secret: Some(secret.clone()),
-            basic: None,
-            scopes: vec![],
-            active: true,
-        }],
+        clients: vec![ClientSpec::with_secret("iris-bench", &secret)],
         ..MockConfig::default()
     })
     .await

@@ -90,13 +90,7 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> Result<DemoSummary,
         tls_dir: dir.join("tls"),
         // Short-lived tokens so the demo shows refresh-ahead at work.
         token_ttl_secs: Some(4),
-        clients: vec![ClientSpec {
-            client_id: Some("iris-demo".into()),
-            client_secret: Some(secret.clone()),
-            basic: None,
-            scopes: vec![],
-            active: true,
-        }],
+        clients: vec![ClientSpec::with_secret("iris-demo", &secret)],
         ..MockConfig::default()
     })
     .await

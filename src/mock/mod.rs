@@ -53,6 +53,19 @@ pub struct ClientSpec {
     pub active: bool,
 }
 
+impl ClientSpec {
+    /// An active RFC 6749 client (id and secret), no scopes.
+    pub fn with_secret(client_id: &str, client_secret: &str) -> Self {
+        Self {
+            client_id: Some(client_id.into()),
+            client_secret: Some(client_secret.into()),
+            basic: None,
+            scopes: vec![],
+            active: true,
+        }
+    }
+}
+
 fn active_by_default() -> bool {
     true
 }
