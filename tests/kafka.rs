@@ -345,3 +345,184 @@ async fn two_instances_share_the_partitions_and_one_killed_9_loses_nothing() {
     );
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_outage_pauses_only_the_topic_feeding_it() {
+    // partner-a's endpoint is down (503); partner-b's, another mock, is fine. Each destination
+    // has its own topic (`destination = ...` on the source), so only topic-a stops.
+    let env_a = mock(|c| {
+        c.faults.error_rate = 1.0;
+        c.faults.error_status = 503;
+    })
+    .await;
+    let env_b = mock(|_| {}).await;
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("topic-a", 2, 1).unwrap();
+    cluster.create_topic("topic-b", 2, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let n = 1000u64;
+    {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        for i in 0..n {
+            for (topic, dest) in [("topic-a", "partner-a"), ("topic-b", "partner-b")] {
+                let payload = event(dest, 5_000_000 + i, &[("5", "1")]);
+                while let Err((e, _)) = producer.send(
+                    BaseRecord::<(), str>::to(topic)
+                        .partition((i % 2) as i32)
+                        .payload(&payload),
+                ) {
+                    assert!(e.to_string().contains("Queue full"), "{e}");
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+    std::fs::write(
+        env_a.dir.path().join("secret"),
+        format!("{CLIENT_SECRET}\n"),
+    )
+    .unwrap();
+    let dest = |name: &str, env: &Env| {
+        format!(
+            r#"
+[[destination]]
+name = "{name}"
+destination_id = "423"
+user_dpid = "12345"
+aam_client_id = "74323"
+
+[destination.auth]
+token_url = "{}"
+client_id = "{CLIENT_ID}"
+client_secret_file = "secret"
+
+[destination.publish]
+url = "{}"
+max_users = 10
+linger_ms = 20
+max_in_flight = 4
+
+[destination.retry]
+initial_ms = 50
+max_delay_ms = 200
+
+[destination.tls]
+ca_file = "{}"
+"#,
+            env.mock.token_url(),
+            env.mock.publish_url(),
+            env.mock.ca_file.display()
+        )
+    };
+    let source = |topic: &str, d: &str| {
+        format!(
+            r#"
+[[source.kafka]]
+bootstrap_servers = "{bootstrap}"
+topics = ["{topic}"]
+group_id = "group-{topic}"
+destination = "{d}"
+commit_interval_ms = 100
+"#
+        )
+    };
+    let text = format!(
+        "[intake]\nlisten = \"127.0.0.1:0\"\n\n[spool]\npath = \"spool.sqlite\"\n{}{}{}{}",
+        dest("partner-a", &env_a),
+        dest("partner-b", &env_b),
+        source("topic-a", "partner-a"),
+        source("topic-b", "partner-b"),
+    );
+    let path = env_a.dir.path().join("irisd.toml");
+    std::fs::write(&path, text).unwrap();
+    let daemon = Daemon::start(&Config::load(&path).unwrap()).await.unwrap();
+
+    // partner-b gets everything while partner-a is down.
+    let b = env_b.mock.state.clone();
+    assert!(
+        wait_until(Duration::from_secs(60), || b.user_counts().len()
+            == n as usize)
+        .await
+    );
+    // partner-a's lane is full: topic-a's partitions were paused, nothing of it delivered,
+    // and nothing of it committed.
+    let text = daemon.admin.metrics_text();
+    let pauses: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("irisd_kafka_pauses_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pauses > 0, "{text}");
+    assert_eq!(env_a.mock.state.user_counts().len(), 0);
+    let committed_of = |topic: &'static str, group: &'static str| {
+        let bootstrap = bootstrap.clone();
+        move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", group)
+                .create()
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, 0);
+            tpl.add_partition(topic, 1);
+            let got = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+            (0..2)
+                .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1,
+                })
+                .collect::<Vec<i64>>()
+        }
+    };
+    let half = n as i64 / 2;
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got = tokio::task::spawn_blocking(committed_of("topic-b", "group-topic-b"))
+            .await
+            .unwrap();
+        if got == [half, half] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, [half, half], "topic-b committed to the end");
+    let a_committed = tokio::task::spawn_blocking(committed_of("topic-a", "group-topic-a"))
+        .await
+        .unwrap();
+    assert!(
+        a_committed.iter().all(|&o| o <= 0),
+        "nothing of topic-a was delivered, so nothing may be committed: {a_committed:?}"
+    );
+
+    // partner-a comes back: the paused partitions resume and everything arrives.
+    env_a.mock.state.set_faults(Default::default()).unwrap();
+    let a = env_a.mock.state.clone();
+    assert!(
+        wait_until(Duration::from_secs(60), || a.user_counts().len()
+            == n as usize)
+        .await,
+        "partner-a got {} of {n} after recovering",
+        a.user_counts().len()
+    );
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got = tokio::task::spawn_blocking(committed_of("topic-a", "group-topic-a"))
+            .await
+            .unwrap();
+        if got == [half, half] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        got,
+        [half, half],
+        "topic-a committed to the end after the outage"
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
