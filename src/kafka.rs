@@ -41,6 +41,8 @@ use crate::spool::{now_ms, DeadLetterInfo, DeadLetterStore};
 pub trait StreamAcks: Send + Sync {
     /// The records with these ids were delivered or durably dead-lettered.
     fn settled(&self, ids: &[u64]);
+    /// Whether any of these records still counts (its partition was not revoked since).
+    fn current(&self, ids: &[u64]) -> bool;
 }
 
 type PartKey = (usize, Arc<str>, i32);
@@ -100,6 +102,13 @@ impl Tracker {
         Some(self.next_ticket)
     }
 
+    /// The ticket's record still belongs to a partition assigned to us (same assignment).
+    pub fn is_current(&self, ticket: u64) -> bool {
+        self.tickets
+            .get(&ticket)
+            .is_some_and(|(key, epoch, _)| self.parts.get(key).is_some_and(|p| p.epoch == *epoch))
+    }
+
     pub fn settle(&mut self, tickets: &[u64]) {
         for t in tickets {
             let Some((key, epoch, offset)) = self.tickets.remove(t) else {
@@ -155,6 +164,11 @@ impl StreamAcks for KafkaShared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .settle(ids);
+    }
+
+    fn current(&self, ids: &[u64]) -> bool {
+        let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter().any(|id| t.is_current(*id))
     }
 }
 
@@ -503,8 +517,13 @@ mod tests {
         let old = t.take(key(1), 5).unwrap();
         t.revoke(&key(1));
         assert!(t.take(key(1), 6).is_none(), "not ours any more");
+        assert!(
+            !t.is_current(old),
+            "a revoked partition's batch is abandoned"
+        );
         t.assign(key(1));
         let new = t.take(key(1), 5).unwrap();
+        assert!(t.is_current(new));
         // The old ticket (other epoch) settles nothing of the new assignment.
         t.settle(&[old]);
         assert_eq!(t.commit_points(0), vec![("t".into(), 1, 5)]);

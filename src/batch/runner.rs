@@ -540,6 +540,7 @@ async fn send_chunk(
                 retry_permanent: ctx.retry_permanent,
                 circuit: &ctx.circuit,
                 metrics: &ctx.metrics,
+                still_wanted: None,
             };
             let resolution = resolver.resolve(&req, now_ms(), &mut state).await;
             if matches!(resolution, Resolution::Delivered) {

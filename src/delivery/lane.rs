@@ -314,12 +314,19 @@ async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver
     let users = ids.len() as u64;
     let m = &lane.metrics;
     m.bytes_raw.fetch_add(req.raw_len as u64, Relaxed);
+    let acks = lane.stream.clone();
+    let ticket_ids = ids.clone();
+    let wanted = move || acks.as_ref().is_none_or(|a| a.current(&ticket_ids));
     let ctx = Resolver {
         sender: &lane.sender,
         retry: &lane.opts.retry,
         retry_permanent: lane.opts.retry_permanent,
         circuit: &lane.circuit,
         metrics: m,
+        still_wanted: lane
+            .stream
+            .is_some()
+            .then_some(&wanted as &(dyn Fn() -> bool + Send + Sync)),
     };
     match ctx.resolve(&req, oldest_ms, &mut state).await {
         Resolution::Delivered if lane.stream.is_some() => {

@@ -131,6 +131,9 @@ pub struct Resolver<'a> {
     pub retry_permanent: bool,
     pub circuit: &'a Circuit,
     pub metrics: &'a DestinationMetrics,
+    /// Asked before each retry: false abandons the batch (a Kafka partition it came from was
+    /// revoked; its new owner delivers it). `None`: always wanted.
+    pub still_wanted: Option<&'a (dyn Fn() -> bool + Send + Sync)>,
 }
 
 impl Resolver<'_> {
@@ -194,6 +197,15 @@ impl Resolver<'_> {
                     last_attempt_ms: now_ms(),
                     request_id: req.request_id.clone(),
                 });
+            }
+            if self.still_wanted.is_some_and(|wanted| !wanted()) {
+                tracing::info!(
+                    destination = name,
+                    request_id = %req.request_id,
+                    users,
+                    "abandoning the batch: its source partition was revoked, the new owner delivers it"
+                );
+                return Resolution::Abandoned;
             }
             self.metrics.retries.fetch_add(1, Relaxed);
             let delay = retry_delay(
