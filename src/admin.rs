@@ -51,6 +51,8 @@ pub struct Admin {
     pub ready: AtomicBool,
     registry: Registry,
     kafka: Arc<std::sync::OnceLock<Arc<crate::kafka::KafkaShared>>>,
+    /// Bearer token for /metrics and /status, when configured (probes stay open).
+    auth: std::sync::OnceLock<secrecy::SecretString>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -321,7 +323,14 @@ impl Admin {
             ready: AtomicBool::new(true),
             registry,
             kafka,
+            auth: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Requires `Authorization: Bearer <token>` on /metrics and /status; /healthz and
+    /// /readyz stay open for orchestrators' probes (they reveal nothing but up/ready).
+    pub fn require_token(&self, token: secrecy::SecretString) {
+        let _ = self.auth.set(token);
     }
 
     /// Reports the Kafka sources' counters too.
@@ -383,6 +392,13 @@ impl Admin {
         req: Request<Incoming>,
         _peer: SocketAddr,
     ) -> Response<Full<Bytes>> {
+        if matches!(req.uri().path(), "/metrics" | "/status") {
+            if let Some(token) = self.auth.get() {
+                if let Err(refused) = crate::server::check_bearer(req.headers(), token) {
+                    return refused;
+                }
+            }
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics_text())));

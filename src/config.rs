@@ -71,6 +71,9 @@ struct RawConfig {
     destinations: Vec<RawDestination>,
     #[serde(default)]
     source: RawSources,
+    /// Secret files readable by group or others are refused (default: a warning).
+    #[serde(default)]
+    strict_permissions: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +168,18 @@ pub struct SpoolConfig {
 pub struct AdminConfig {
     /// Address of the admin listener; none = no admin listener.
     pub listen: Option<SocketAddr>,
+    /// Bearer token clients must send (`Authorization: Bearer <token>`), from a file or an
+    /// environment variable. Required on a non-loopback address unless
+    /// `allow_unauthenticated = true`.
+    #[serde(default)]
+    pub auth_token_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub auth_token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// The loaded token (filled in by validation).
+    #[serde(skip)]
+    pub auth_token: Option<SecretString>,
 }
 
 /// Default spool file, in the working directory.
@@ -178,6 +193,18 @@ pub struct IntakeConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted; bigger requests get 413 and nothing of them is accepted.
     pub max_body_bytes: usize,
+    /// Bearer token clients must send (`Authorization: Bearer <token>`), from a file or an
+    /// environment variable. Required on a non-loopback address unless
+    /// `allow_unauthenticated = true`.
+    #[serde(default)]
+    pub auth_token_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub auth_token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// The loaded token (filled in by validation).
+    #[serde(skip)]
+    pub auth_token: Option<SecretString>,
 }
 
 impl Default for IntakeConfig {
@@ -185,6 +212,10 @@ impl Default for IntakeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9700)),
             max_body_bytes: 10 * 1024 * 1024,
+            auth_token_file: None,
+            auth_token_env: None,
+            allow_unauthenticated: false,
+            auth_token: None,
         }
     }
 }
@@ -543,7 +574,11 @@ impl Config {
             source,
         })?;
         let raw = Self::parse_raw(path, &text)?;
-        let ctx = Ctx { path, text: &text };
+        let ctx = Ctx {
+            path,
+            text: &text,
+            strict_permissions: false,
+        };
         ctx.spool(&raw.spool)
     }
 
@@ -551,7 +586,11 @@ impl Config {
     /// relative file paths.
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw = Self::parse_raw(path, text)?;
-        let ctx = Ctx { path, text };
+        let ctx = Ctx {
+            path,
+            text,
+            strict_permissions: raw.strict_permissions,
+        };
         Self::from_raw(&ctx, raw)
     }
 
@@ -645,9 +684,27 @@ impl Config {
         }
         Ok(Config {
             path: ctx.path.to_owned(),
-            intake: raw.intake,
+            intake: IntakeConfig {
+                auth_token: ctx.listener_auth(
+                    &raw.intake.auth_token_file,
+                    &raw.intake.auth_token_env,
+                    raw.intake.allow_unauthenticated,
+                    Some(raw.intake.listen),
+                    "intake",
+                )?,
+                ..raw.intake
+            },
             spool,
-            admin: raw.admin,
+            admin: AdminConfig {
+                auth_token: ctx.listener_auth(
+                    &raw.admin.auth_token_file,
+                    &raw.admin.auth_token_env,
+                    raw.admin.allow_unauthenticated,
+                    raw.admin.listen,
+                    "admin",
+                )?,
+                ..raw.admin
+            },
             destinations,
             kafka,
         })
@@ -898,6 +955,8 @@ fn is_scope_char(b: u8) -> bool {
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Refuse secret files that group or others can read (otherwise: a warning).
+    strict_permissions: bool,
 }
 
 impl Ctx<'_> {
@@ -1180,8 +1239,75 @@ impl Ctx<'_> {
         }
     }
 
+    /// Loads a listener's token and refuses an open non-loopback listener.
+    fn listener_auth(
+        &self,
+        file: &Option<Spanned<PathBuf>>,
+        env: &Option<Spanned<String>>,
+        allow_unauthenticated: bool,
+        listen: Option<SocketAddr>,
+        section: &str,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        let token = match (file, env) {
+            (Some(f), None) => Some(self.secret_file(f, &format!("{section}.auth_token_file"))?),
+            (None, Some(e)) => Some(self.secret_env(e, &format!("{section}.auth_token_env"))?),
+            (Some(_), Some(e)) => {
+                return Err(self.invalid(
+                    e.span(),
+                    &format!("{section}.auth_token_env"),
+                    "set auth_token_file or auth_token_env, not both",
+                ))
+            }
+            (None, None) => None,
+        };
+        if let Some(addr) = listen {
+            if token.is_none() && !addr.ip().is_loopback() && !allow_unauthenticated {
+                return Err(ConfigError::Invalid {
+                    path: self.path.to_owned(),
+                    line: self
+                        .text
+                        .lines()
+                        .position(|l| l.trim_start().starts_with(&format!("[{section}]")))
+                        .map_or(0, |i| i + 1),
+                    key: format!("{section}.listen"),
+                    message: format!(
+                        "{addr} is reachable from other machines but no {section}.auth_token_file or {section}.auth_token_env is set; set one (clients send Authorization: Bearer <token>), or set {section}.allow_unauthenticated = true to let anyone who can reach it in"
+                    ),
+                });
+            }
+            if token.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(listener = section, %addr, "listening on a non-loopback address without authentication (allow_unauthenticated = true)");
+            }
+        }
+        Ok(token)
+    }
+
     fn secret_file(&self, v: &Spanned<PathBuf>, key: &str) -> Result<SecretString, ConfigError> {
         let path = self.relative(v.get_ref());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(&path) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    if self.strict_permissions {
+                        return Err(self.invalid(
+                            v.span(),
+                            key,
+                            &format!(
+                                "{} can be read by group or others (mode {mode:o}); chmod 600 it (strict_permissions = true)",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    tracing::warn!(
+                        file = %path.display(),
+                        mode = format!("{mode:o}"),
+                        "a secret file can be read by group or others; chmod 600 it (strict_permissions = true refuses this)"
+                    );
+                }
+            }
+        }
         let text = std::fs::read_to_string(&path).map_err(|e| {
             self.invalid(
                 v.span(),

@@ -219,6 +219,9 @@ impl Daemon {
             })?;
         let kafka = start_kafka(config, &destinations, &spool)?;
         let admin = Admin::new(watched(&destinations), spool.clone());
+        if let Some(token) = &config.admin.auth_token {
+            admin.require_token(token.clone());
+        }
         if let Some(k) = &kafka {
             admin.set_kafka(k.shared.clone());
         }
@@ -235,11 +238,14 @@ impl Daemon {
             }
             None => None,
         };
-        let intake = Arc::new(Intake::new(
-            lane_map(&destinations),
-            spool.clone(),
-            config.intake.max_body_bytes,
-        ));
+        let intake = Arc::new(
+            Intake::new(
+                lane_map(&destinations),
+                spool.clone(),
+                config.intake.max_body_bytes,
+            )
+            .with_auth(config.intake.auth_token.clone()),
+        );
         let for_server = intake.clone();
         let server = serve(listener, None, move |req, peer| {
             let intake = for_server.clone();

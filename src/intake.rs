@@ -31,6 +31,8 @@ pub struct Intake {
     lanes: ArcSwapOption<HashMap<String, LaneHandle>>,
     spool: Arc<Spool>,
     max_body: usize,
+    /// Bearer token producers must present, when configured.
+    auth: Option<secrecy::SecretString>,
 }
 
 impl Intake {
@@ -39,7 +41,14 @@ impl Intake {
             lanes: ArcSwapOption::from_pointee(lanes),
             spool,
             max_body,
+            auth: None,
         }
+    }
+
+    /// Requires `Authorization: Bearer <token>` on `POST /v1/events`.
+    pub fn with_auth(mut self, token: Option<secrecy::SecretString>) -> Self {
+        self.auth = token;
+        self
     }
 
     /// Routes to a new set of lanes (a configuration reload).
@@ -60,7 +69,14 @@ impl Intake {
         _peer: SocketAddr,
     ) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
-            (&Method::POST, "/v1/events") => self.events(req).await,
+            (&Method::POST, "/v1/events") => {
+                if let Some(token) = &self.auth {
+                    if let Err(refused) = crate::server::check_bearer(req.headers(), token) {
+                        return refused;
+                    }
+                }
+                self.events(req).await
+            }
             (_, "/v1/events") => {
                 let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "use POST");
                 r.headers_mut()

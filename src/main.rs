@@ -168,6 +168,9 @@ enum Command {
         /// The daemon's admin address (`[admin] listen`), e.g. 127.0.0.1:9701.
         #[arg(long)]
         admin: SocketAddr,
+        /// File holding the admin listener's bearer token ([admin] auth_token_file), if set.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Batch delivery of onboarded data files.
     Batch {
@@ -340,7 +343,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { action } => dlq(action),
-        Command::Status { admin } => status(admin).await,
+        Command::Status { admin, token_file } => status(admin, token_file).await,
         Command::Verify {
             token_url,
             publish_url,
@@ -417,17 +420,29 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn status(admin: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn status(admin: SocketAddr, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
+    let mut req = http::Request::get(format!("http://{admin}/status"));
+    if let Some(f) = token_file {
+        let token = std::fs::read_to_string(&f)
+            .with_context(|| format!("reading the admin token from {}", f.display()))?;
+        let mut v = http::HeaderValue::try_from(format!("Bearer {}", token.trim_end()))
+            .context("the admin token file holds characters a header cannot carry")?;
+        v.set_sensitive(true);
+        req = req.header(http::header::AUTHORIZATION, v);
+    }
     let resp = client
-        .get(format!("http://{admin}/status").parse()?)
+        .request(req.body(http_body_util::Full::default())?)
         .await
         .with_context(|| {
             format!("cannot reach the admin listener at {admin} (is [admin] listen set?)")
         })?;
+    if resp.status() == http::StatusCode::UNAUTHORIZED {
+        anyhow::bail!("the admin listener at {admin} wants a bearer token: pass --token-file");
+    }
     let body = resp.into_body().collect().await?.to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body)
         .context("the admin listener answered something else than status JSON")?;

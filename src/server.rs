@@ -134,6 +134,43 @@ where
     }
 }
 
+/// Checks `Authorization: Bearer <token>` against `expected` (constant time). The refusal is
+/// RFC 6750's: 401 with `WWW-Authenticate: Bearer realm="irisd"`, plus `error="invalid_token"`
+/// when a token was sent but is wrong. The token is never echoed or logged.
+pub fn check_bearer(
+    headers: &http::HeaderMap,
+    expected: &secrecy::SecretString,
+) -> Result<(), Response<Full<Bytes>>> {
+    use secrecy::ExposeSecret;
+    use subtle::ConstantTimeEq;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+        });
+    let (challenge, message) = match given {
+        Some(t) if bool::from(t.as_bytes().ct_eq(expected.expose_secret().as_bytes())) => {
+            return Ok(())
+        }
+        Some(_) => (
+            "Bearer realm=\"irisd\", error=\"invalid_token\"",
+            "the bearer token is not valid here",
+        ),
+        None => (
+            "Bearer realm=\"irisd\"",
+            "send Authorization: Bearer <token> (the listener's auth_token_file / auth_token_env)",
+        ),
+    };
+    let mut r = error_response(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    Err(r)
+}
+
 /// A JSON response.
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
