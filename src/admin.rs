@@ -395,7 +395,7 @@ impl Admin {
         if matches!(req.uri().path(), "/metrics" | "/status") {
             if let Some(token) = self.auth.get() {
                 if let Err(refused) = crate::server::check_bearer(req.headers(), token) {
-                    return refused;
+                    return *refused;
                 }
             }
         }

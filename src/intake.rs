@@ -72,7 +72,7 @@ impl Intake {
             (&Method::POST, "/v1/events") => {
                 if let Some(token) = &self.auth {
                     if let Err(refused) = crate::server::check_bearer(req.headers(), token) {
-                        return refused;
+                        return *refused;
                     }
                 }
                 self.events(req).await

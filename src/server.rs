@@ -140,7 +140,7 @@ where
 pub fn check_bearer(
     headers: &http::HeaderMap,
     expected: &secrecy::SecretString,
-) -> Result<(), Response<Full<Bytes>>> {
+) -> Result<(), Box<Response<Full<Bytes>>>> {
     use secrecy::ExposeSecret;
     use subtle::ConstantTimeEq;
     let given = headers
@@ -168,7 +168,7 @@ pub fn check_bearer(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static(challenge),
     );
-    Err(r)
+    Err(Box::new(r))
 }
 
 /// A JSON response.
