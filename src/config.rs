@@ -193,6 +193,11 @@ pub struct IntakeConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted; bigger requests get 413 and nothing of them is accepted.
     pub max_body_bytes: usize,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a client has to send its request headers, and the longest a connection may sit
+    /// idle (slowloris / idle-connection guard), in ms.
+    pub header_read_timeout_ms: u64,
     /// Bearer token clients must send (`Authorization: Bearer <token>`), from a file or an
     /// environment variable. Required on a non-loopback address unless
     /// `allow_unauthenticated = true`.
@@ -212,6 +217,8 @@ impl Default for IntakeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9700)),
             max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 16_384,
+            header_read_timeout_ms: 10_000,
             auth_token_file: None,
             auth_token_env: None,
             allow_unauthenticated: false,

@@ -211,7 +211,7 @@ impl Daemon {
                 &reports_dir,
             )?);
         }
-        let listener = tokio::net::TcpListener::bind(config.intake.listen)
+        let listener = crate::server::bind(config.intake.listen)
             .await
             .map_err(|source| StartError::Bind {
                 addr: config.intake.listen,
@@ -227,7 +227,7 @@ impl Daemon {
         }
         let admin_server = match config.admin.listen {
             Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
+                let listener = crate::server::bind(addr)
                     .await
                     .map_err(|source| StartError::BindAdmin { addr, source })?;
                 let a = admin.clone();
@@ -247,7 +247,14 @@ impl Daemon {
             .with_auth(config.intake.auth_token.clone()),
         );
         let for_server = intake.clone();
-        let server = serve(listener, None, move |req, peer| {
+        let limits = crate::server::ServeLimits {
+            max_connections: config.intake.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(
+                config.intake.header_read_timeout_ms.max(100),
+            ),
+            ..Default::default()
+        };
+        let server = crate::server::serve_with(listener, None, limits, move |req, peer| {
             let intake = for_server.clone();
             async move { Ok(intake.handle(req, peer).await) }
         });

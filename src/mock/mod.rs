@@ -809,7 +809,7 @@ impl MockPartner {
     /// Binds, loads or creates the certificates, and serves.
     pub async fn start(cfg: MockConfig) -> Result<MockPartner, String> {
         let (tls, ca_file) = tls::load_or_create(&cfg.tls_dir).map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
+        let listener = crate::server::bind(cfg.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
         let state = Arc::new(MockState::new(cfg)?);
