@@ -438,6 +438,10 @@ fn default_max_in_flight() -> Spanned<usize> {
 #[serde(deny_unknown_fields)]
 struct RawTls {
     ca_file: Option<Spanned<PathBuf>>,
+    client_cert_file: Option<Spanned<PathBuf>>,
+    client_key_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -561,6 +565,10 @@ pub struct PublishConfig {
 pub struct TlsConfig {
     /// Extra PEM trust roots, added to the built-in public roots.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for partners that require mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Accept any server certificate: local tests only, logged at ERROR every minute.
+    pub insecure_skip_verify: bool,
 }
 
 impl Config {
@@ -906,6 +914,38 @@ impl Destination {
             }
             None => None,
         };
+        let client_cert = match (d.tls.client_cert_file, d.tls.client_key_file) {
+            (Some(c), Some(k)) => {
+                for (p, f) in [(&c, "client_cert_file"), (&k, "client_key_file")] {
+                    let path = ctx.relative(p.get_ref());
+                    if !path.is_file() {
+                        return Err(ctx.invalid(
+                            p.span(),
+                            &format!("{key}.tls.{f}"),
+                            &format!("{} does not exist or is not a file", path.display()),
+                        ));
+                    }
+                }
+                // The key is a secret: same permission rule as the other secret files.
+                ctx.secret_file(&k, &format!("{key}.tls.client_key_file"))?;
+                Some((ctx.relative(c.get_ref()), ctx.relative(k.get_ref())))
+            }
+            (Some(c), None) => {
+                return Err(ctx.invalid(
+                    c.span(),
+                    &format!("{key}.tls.client_cert_file"),
+                    "needs tls.client_key_file too",
+                ))
+            }
+            (None, Some(k)) => {
+                return Err(ctx.invalid(
+                    k.span(),
+                    &format!("{key}.tls.client_key_file"),
+                    "needs tls.client_cert_file too",
+                ))
+            }
+            (None, None) => None,
+        };
 
         let batch = match &d.batch {
             Some(b) => Some(ctx.batch(key, b)?),
@@ -948,7 +988,11 @@ impl Destination {
                 success_status,
                 pool_idle_timeout: Duration::from_millis(d.publish.pool_idle_timeout_ms.max(1)),
             },
-            tls: TlsConfig { ca_file },
+            tls: TlsConfig {
+                ca_file,
+                client_cert,
+                insecure_skip_verify: d.tls.insecure_skip_verify,
+            },
         })
     }
 }

@@ -529,6 +529,22 @@ fn launch(
         );
     }
     let (state, state_rx) = watch::channel(RunState::Running);
+    if d.tls.insecure_skip_verify {
+        // Said loudly and often: a forgotten test setting in production is a credential leak.
+        let (name, mut state) = (d.name.clone(), state_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tracing::error!(
+                    destination = %name,
+                    "tls.insecure_skip_verify = true: the partner's certificate is NOT verified; tokens and credentials can be intercepted. Local tests only"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = crate::delivery::resolve::wait_for(&mut state, RunState::Stop) => break,
+                }
+            }
+        });
+    }
     let lane_options = LaneOptions {
         max_users: d.publish.max_users,
         max_bytes: d.publish.max_bytes,
@@ -598,11 +614,21 @@ pub fn build_sender(
     d: &Destination,
     metrics: Arc<DestinationMetrics>,
 ) -> Result<(Arc<Sender>, Arc<TokenCache>), StartError> {
-    let http = HttpClient::new(&ClientOptions {
-        ca_file: d.tls.ca_file.as_deref(),
-        connect_timeout: d.publish.connect_timeout,
-        pool_idle_timeout: d.publish.pool_idle_timeout,
-    })
+    let http = HttpClient::new_with(
+        &ClientOptions {
+            ca_file: d.tls.ca_file.as_deref(),
+            connect_timeout: d.publish.connect_timeout,
+            pool_idle_timeout: d.publish.pool_idle_timeout,
+        },
+        crate::transport::TlsOptions {
+            client_cert: d
+                .tls
+                .client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+            insecure_skip_verify: d.tls.insecure_skip_verify,
+        },
+    )
     .map_err(|source| StartError::Tls {
         destination: d.name.clone(),
         source,

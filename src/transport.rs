@@ -104,9 +104,140 @@ pub fn client_tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig,
         .with_no_client_auth())
 }
 
+/// What a destination's TLS adds to the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsOptions<'a> {
+    /// Client certificate chain and key (PEM) for partners that require mutual TLS.
+    pub client_cert: Option<(&'a Path, &'a Path)>,
+    /// Accept any server certificate (local tests only; the caller warns loudly).
+    pub insecure_skip_verify: bool,
+}
+
+/// [`client_tls_config`] plus a client certificate and/or no server verification.
+pub fn client_tls_config_with(
+    ca_file: Option<&Path>,
+    opts: TlsOptions<'_>,
+) -> Result<rustls::ClientConfig, TlsSetupError> {
+    let mut config = client_tls_config(ca_file)?;
+    if let Some((cert_path, key_path)) = opts.client_cert {
+        let err = |p: &Path, message: String| TlsSetupError {
+            path: p.display().to_string(),
+            message,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+            .map_err(|e| {
+                err(
+                    cert_path,
+                    format!("cannot read the client certificate: {e}"),
+                )
+            })?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(cert_path, format!("invalid PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(err(cert_path, "no CERTIFICATE block in the file".into()));
+        }
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|e| err(key_path, format!("cannot read the client key: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(config_roots(ca_file)?)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| {
+                err(
+                    key_path,
+                    format!("the key does not fit the certificate: {e}"),
+                )
+            })?;
+    }
+    if opts.insecure_skip_verify {
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(SkipServerVerification(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))));
+    }
+    Ok(config)
+}
+
+fn config_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let err = |message: String| TlsSetupError {
+            path: path.display().to_string(),
+            message,
+        };
+        for cert in CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(format!("cannot read CA file: {e}")))?
+        {
+            roots
+                .add(cert.map_err(|e| err(format!("invalid PEM: {e}")))?)
+                .map_err(|e| err(format!("unusable CA certificate: {e}")))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// Accepts any server certificate, but still checks the handshake signatures (so the peer
+/// holds the key of the certificate it shows). Only behind `insecure_skip_verify`.
+#[derive(Debug)]
+struct SkipServerVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for SkipServerVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 impl HttpClient {
     pub fn new(opts: &ClientOptions<'_>) -> Result<Self, TlsSetupError> {
-        let tls = client_tls_config(opts.ca_file)?;
+        Self::new_with(opts, TlsOptions::default())
+    }
+
+    /// A client with a destination's TLS options (client certificate, skip verification).
+    pub fn new_with(opts: &ClientOptions<'_>, tls: TlsOptions<'_>) -> Result<Self, TlsSetupError> {
+        let tls = client_tls_config_with(opts.ca_file, tls)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

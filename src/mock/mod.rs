@@ -107,6 +107,10 @@ pub struct MockConfig {
     /// Seconds a token validation result is trusted before the publish endpoint checks the
     /// token again (revocation takes effect within this), like IMS's 10 minutes.
     pub validation_interval_secs: u64,
+    /// Require a client certificate (mutual TLS) issued by the mock's client CA; a client
+    /// certificate and key for irisd are written next to the CA (`client.pem`, `client.key`).
+    #[serde(default)]
+    pub require_client_cert: bool,
     /// Faults in force from the start (see [`Faults`]).
     pub faults: Faults,
     /// Require signed publish requests (403 when missing or wrong).
@@ -140,6 +144,7 @@ impl Default for MockConfig {
             allow_body_credentials: false,
             validation_interval_secs: 600,
             faults: Faults::default(),
+            require_client_cert: false,
             signing: None,
             phases: Vec::new(),
             clients: Vec::new(),
@@ -808,7 +813,8 @@ pub struct MockPartner {
 impl MockPartner {
     /// Binds, loads or creates the certificates, and serves.
     pub async fn start(cfg: MockConfig) -> Result<MockPartner, String> {
-        let (tls, ca_file) = tls::load_or_create(&cfg.tls_dir).map_err(|e| e.to_string())?;
+        let (tls, ca_file) = tls::load_or_create(&cfg.tls_dir, cfg.require_client_cert)
+            .map_err(|e| e.to_string())?;
         let listener = crate::server::bind(cfg.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;

@@ -11,6 +11,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Files in the TLS directory.
 pub const CA_FILE: &str = "ca.pem";
+/// With `require_client_cert`: the CA the mock trusts for clients, and a client identity.
+pub const CLIENT_CA_FILE: &str = "client-ca.pem";
+pub const CLIENT_CERT_FILE: &str = "client.pem";
+pub const CLIENT_KEY_FILE: &str = "client.key";
 const CERT_FILE: &str = "server.pem";
 const KEY_FILE: &str = "server.key";
 
@@ -23,7 +27,10 @@ pub struct MockTlsError {
 
 /// Loads the server certificate from `dir`, creating the CA and certificate if absent.
 /// Returns the server TLS configuration and the CA file's path.
-pub fn load_or_create(dir: &Path) -> Result<(Arc<rustls::ServerConfig>, PathBuf), MockTlsError> {
+pub fn load_or_create(
+    dir: &Path,
+    require_client_cert: bool,
+) -> Result<(Arc<rustls::ServerConfig>, PathBuf), MockTlsError> {
     let err = |path: &Path, message: String| MockTlsError {
         path: path.to_owned(),
         message,
@@ -47,10 +54,37 @@ pub fn load_or_create(dir: &Path) -> Result<(Arc<rustls::ServerConfig>, PathBuf)
         .map_err(|e| err(&cert_path, e.to_string()))?;
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_no_client_auth()
+        .expect("ring supports the default versions");
+    let builder = if require_client_cert {
+        let client_ca = dir.join(CLIENT_CA_FILE);
+        if !client_ca.is_file() {
+            let (ca_pem, cert_pem, key_pem) = generate_client()
+                .map_err(|e| err(dir, format!("generating client certificates: {e}")))?;
+            write(&dir.join(CLIENT_KEY_FILE), &key_pem, true)
+                .map_err(|e| err(dir, e.to_string()))?;
+            write(&dir.join(CLIENT_CERT_FILE), &cert_pem, false)
+                .map_err(|e| err(dir, e.to_string()))?;
+            write(&client_ca, &ca_pem, false).map_err(|e| err(&client_ca, e.to_string()))?;
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for c in
+            CertificateDer::pem_file_iter(&client_ca).map_err(|e| err(&client_ca, e.to_string()))?
+        {
+            roots
+                .add(c.map_err(|e| err(&client_ca, e.to_string()))?)
+                .map_err(|e| err(&client_ca, e.to_string()))?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| err(&client_ca, e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| err(&cert_path, e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -79,6 +113,27 @@ fn generate() -> Result<(String, String, String), rcgen::Error> {
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
+
+/// A client CA and one client certificate it issued (for irisd), as PEM: (CA, cert, key).
+fn generate_client() -> Result<(String, String, String), rcgen::Error> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "irisd mock partner client CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, "irisd");
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
