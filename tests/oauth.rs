@@ -24,7 +24,7 @@ async fn capture_server(
     dir: &std::path::Path,
     response: Vec<u8>,
 ) -> (u16, std::path::PathBuf, tokio::task::JoinHandle<Vec<u8>>) {
-    let (tls, ca) = irisd::mock::tls::load_or_create(dir).unwrap();
+    let (tls, ca) = irisd::mock::tls::load_or_create(dir, false).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
