@@ -177,9 +177,29 @@ pub struct AdminConfig {
     pub auth_token_env: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// Serve HTTPS with this certificate chain and key (PEM) instead of plain HTTP.
+    #[serde(default)]
+    pub tls_cert_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub tls_key_file: Option<Spanned<PathBuf>>,
+    /// With TLS: require client certificates issued by this CA (mutual TLS), which then
+    /// counts as the listener's authentication.
+    #[serde(default)]
+    pub client_ca_file: Option<Spanned<PathBuf>>,
     /// The loaded token (filled in by validation).
     #[serde(skip)]
     pub auth_token: Option<SecretString>,
+    /// Resolved TLS files: (certificate, key, client CA) (filled in by validation).
+    #[serde(skip)]
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's TLS files, checked to exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Default spool file, in the working directory.
@@ -207,9 +227,21 @@ pub struct IntakeConfig {
     pub auth_token_env: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// Serve HTTPS with this certificate chain and key (PEM) instead of plain HTTP.
+    #[serde(default)]
+    pub tls_cert_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub tls_key_file: Option<Spanned<PathBuf>>,
+    /// With TLS: require client certificates issued by this CA (mutual TLS), which then
+    /// counts as the listener's authentication.
+    #[serde(default)]
+    pub client_ca_file: Option<Spanned<PathBuf>>,
     /// The loaded token (filled in by validation).
     #[serde(skip)]
     pub auth_token: Option<SecretString>,
+    /// Resolved TLS files: (certificate, key, client CA) (filled in by validation).
+    #[serde(skip)]
+    pub tls: Option<ListenerTls>,
 }
 
 impl Default for IntakeConfig {
@@ -222,7 +254,11 @@ impl Default for IntakeConfig {
             auth_token_file: None,
             auth_token_env: None,
             allow_unauthenticated: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            client_ca_file: None,
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -700,10 +736,16 @@ impl Config {
         Ok(Config {
             path: ctx.path.to_owned(),
             intake: IntakeConfig {
+                tls: ctx.listener_tls(
+                    &raw.intake.tls_cert_file,
+                    &raw.intake.tls_key_file,
+                    &raw.intake.client_ca_file,
+                    "intake",
+                )?,
                 auth_token: ctx.listener_auth(
                     &raw.intake.auth_token_file,
                     &raw.intake.auth_token_env,
-                    raw.intake.allow_unauthenticated,
+                    raw.intake.allow_unauthenticated || raw.intake.client_ca_file.is_some(),
                     Some(raw.intake.listen),
                     "intake",
                 )?,
@@ -711,10 +753,16 @@ impl Config {
             },
             spool,
             admin: AdminConfig {
+                tls: ctx.listener_tls(
+                    &raw.admin.tls_cert_file,
+                    &raw.admin.tls_key_file,
+                    &raw.admin.client_ca_file,
+                    "admin",
+                )?,
                 auth_token: ctx.listener_auth(
                     &raw.admin.auth_token_file,
                     &raw.admin.auth_token_env,
-                    raw.admin.allow_unauthenticated,
+                    raw.admin.allow_unauthenticated || raw.admin.client_ca_file.is_some(),
                     raw.admin.listen,
                     "admin",
                 )?,
@@ -1286,6 +1334,54 @@ impl Ctx<'_> {
                 v.span(),
                 key,
                 &format!("environment variable {} is not set", v.get_ref()),
+            )),
+        }
+    }
+
+    /// Checks a listener's TLS files: certificate and key together; a client CA only with TLS.
+    fn listener_tls(
+        &self,
+        cert: &Option<Spanned<PathBuf>>,
+        key: &Option<Spanned<PathBuf>>,
+        client_ca: &Option<Spanned<PathBuf>>,
+        section: &str,
+    ) -> Result<Option<ListenerTls>, ConfigError> {
+        let file = |v: &Spanned<PathBuf>, f: &str| {
+            let path = self.relative(v.get_ref());
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(self.invalid(
+                    v.span(),
+                    &format!("{section}.{f}"),
+                    &format!("{} does not exist or is not a file", path.display()),
+                ))
+            }
+        };
+        match (cert, key) {
+            (Some(c), Some(k)) => {
+                self.secret_file(k, &format!("{section}.tls_key_file"))?;
+                Ok(Some(ListenerTls {
+                    cert: file(c, "tls_cert_file")?,
+                    key: file(k, "tls_key_file")?,
+                    client_ca: client_ca
+                        .as_ref()
+                        .map(|ca| file(ca, "client_ca_file"))
+                        .transpose()?,
+                }))
+            }
+            (None, None) => match client_ca {
+                Some(ca) => Err(self.invalid(
+                    ca.span(),
+                    &format!("{section}.client_ca_file"),
+                    "client certificates need TLS: set tls_cert_file and tls_key_file too",
+                )),
+                None => Ok(None),
+            },
+            (Some(c), None) | (None, Some(c)) => Err(self.invalid(
+                c.span(),
+                &format!("{section}.tls_cert_file"),
+                "tls_cert_file and tls_key_file go together",
             )),
         }
     }

@@ -40,7 +40,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("destination {destination:?}: tls.ca_file {source}")]
+    #[error("destination {destination:?}: [destination.tls] {source}")]
     Tls {
         destination: String,
         source: TlsSetupError,
@@ -49,6 +49,21 @@ pub enum StartError {
     UserAgent { destination: String },
     #[error("{0}")]
     Spool(#[from] SpoolError),
+    #[error("{listener} TLS: {message}")]
+    ListenerTls {
+        listener: &'static str,
+        message: String,
+    },
+}
+
+fn acceptor(
+    tls: &Option<crate::config::ListenerTls>,
+    listener: &'static str,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    tls.as_ref()
+        .map(|t| crate::server::tls_acceptor(&t.cert, &t.key, t.client_ca.as_deref()))
+        .transpose()
+        .map_err(|message| StartError::ListenerTls { listener, message })
 }
 
 /// One destination's live parts, for status and tests.
@@ -231,10 +246,14 @@ impl Daemon {
                     .await
                     .map_err(|source| StartError::BindAdmin { addr, source })?;
                 let a = admin.clone();
-                Some(serve(listener, None, move |req, peer| {
-                    let a = a.clone();
-                    async move { Ok(a.handle(req, peer).await) }
-                }))
+                Some(serve(
+                    listener,
+                    acceptor(&config.admin.tls, "admin")?,
+                    move |req, peer| {
+                        let a = a.clone();
+                        async move { Ok(a.handle(req, peer).await) }
+                    },
+                ))
             }
             None => None,
         };
@@ -254,7 +273,8 @@ impl Daemon {
             ),
             ..Default::default()
         };
-        let server = crate::server::serve_with(listener, None, limits, move |req, peer| {
+        let intake_tls = acceptor(&config.intake.tls, "intake")?;
+        let server = crate::server::serve_with(listener, intake_tls, limits, move |req, peer| {
             let intake = for_server.clone();
             async move { Ok(intake.handle(req, peer).await) }
         });

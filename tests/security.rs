@@ -213,3 +213,67 @@ async fn secret_files_readable_by_others_are_refused_with_strict_permissions() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     Config::load(&path).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_over_mutual_tls_serves_certified_clients_only() {
+    use irisd::transport::{ClientOptions, HttpClient, TlsOptions};
+    // The mock's generated certificates serve as the intake's: server.pem for localhost, and
+    // its client CA for the producers.
+    let env = mock(|c| c.require_client_cert = true).await;
+    let tls = env.mock.ca_file.parent().unwrap().to_owned();
+    let intake = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nclient_ca_file = \"{}\"",
+        tls.join("server.pem").display(),
+        tls.join("server.key").display(),
+        tls.join("client-ca.pem").display()
+    );
+    // Mutual TLS counts as authentication: a non-loopback address needs no token then.
+    let cfg = config(&env, &intake, "", "").unwrap();
+    let path = env.dir.path().join("irisd.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"0.0.0.0:0\"",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).expect("mTLS is the non-loopback listener's authentication");
+    let daemon = Daemon::start(&cfg).await.unwrap();
+    let url = format!("https://localhost:{}/v1/events", daemon.intake_addr.port());
+    let opts = ClientOptions {
+        ca_file: Some(&env.mock.ca_file),
+        connect_timeout: Duration::from_secs(5),
+        pool_idle_timeout: Duration::from_secs(5),
+    };
+    let (cert, key) = (tls.join("client.pem"), tls.join("client.key"));
+    let certified = HttpClient::new_with(
+        &opts,
+        TlsOptions {
+            client_cert: Some((&cert, &key)),
+            insecure_skip_verify: false,
+        },
+    )
+    .unwrap();
+    let post = |uuid: u64| {
+        http::Request::post(url.as_str())
+            .body(Full::new(Bytes::from(event(
+                "partner-a",
+                uuid,
+                &[("5", "1")],
+            ))))
+            .unwrap()
+    };
+    let r = certified
+        .send(post(1), Duration::from_secs(5), 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202);
+    let anonymous = HttpClient::new(&opts).unwrap();
+    // TLS 1.3: the server refuses the certificate-less client after the client's half of the
+    // handshake, so the client sees its connection dropped, never an answer.
+    let refused = anonymous
+        .send(post(2), Duration::from_secs(5), 1 << 16)
+        .await;
+    assert!(refused.is_err(), "{:?}", refused.map(|r| r.status));
+    assert_eq!(daemon.destinations[0].metrics.snapshot().accepted_users, 1);
+    daemon.shutdown(Duration::from_secs(2)).await;
+}
