@@ -367,3 +367,48 @@ async fn hostile_token_endpoints_are_bounded_and_reported() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(followed.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_is_refused() {
+    let (_env, _proc, addr) = daemon("").await;
+    let status = tokio::task::spawn_blocking(move || {
+        let big = "a".repeat(200 * 1024);
+        raw(
+            addr,
+            &format!(
+                "POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nContent-Length: 0\r\n\r\n"
+            ),
+            b"",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 431, "a 200 KB header is refused (64 KiB head cap)");
+    assert_eq!(
+        tokio::task::spawn_blocking(move || ok_post(addr, 4))
+            .await
+            .unwrap(),
+        202
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_and_frees_slots_as_idle_peers_are_cut() {
+    let (_env, _proc, addr) = daemon("max_connections = 2\nheader_read_timeout_ms = 1000").await;
+    let (status, waited) = tokio::task::spawn_blocking(move || {
+        let idle: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        // Waits in the backlog until the idle peers are cut at the header timeout.
+        let status = ok_post(addr, 5);
+        drop(idle);
+        (status, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 202);
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(5),
+        "served after {waited:?}: the third connection must wait for a slot"
+    );
+}
