@@ -49,6 +49,8 @@ pub enum StartError {
     UserAgent { destination: String },
     #[error("{0}")]
     Spool(#[from] SpoolError),
+    #[error("{message}")]
+    Kafka { message: String },
     #[error("{listener} TLS: {message}")]
     ListenerTls {
         listener: &'static str,
@@ -101,6 +103,14 @@ fn start_kafka(
         return Ok(None);
     }
     let shared = Arc::new(crate::kafka::KafkaShared::default());
+    // Consumers first: a setting librdkafka refuses fails the start before anything runs.
+    let mut consumers = Vec::new();
+    for (i, k) in config.kafka.iter().enumerate() {
+        consumers.push(
+            crate::kafka::connect(i, k, shared.clone())
+                .map_err(|message| StartError::Kafka { message })?,
+        );
+    }
     let (state, state_rx) = watch::channel(RunState::Running);
     let mut inputs = std::collections::HashMap::new();
     let mut lanes = Vec::new();
@@ -126,10 +136,11 @@ fn start_kafka(
         crate::spool::DeadLetterStore::open_or_create(spool.path())?,
     ));
     let mut sources = Vec::new();
-    for (i, k) in config.kafka.iter().enumerate() {
+    for ((i, k), consumer) in config.kafka.iter().enumerate().zip(consumers) {
         sources.push(tokio::spawn(crate::kafka::run(
             i,
             k.clone(),
+            consumer,
             inputs.clone(),
             shared.clone(),
             dead.clone(),

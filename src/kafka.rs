@@ -307,15 +307,14 @@ fn parse_record(
 /// A record waiting for room in its lane, its partition paused: (lane, record, offset).
 type Held = (mpsc::Sender<UserRecord>, UserRecord, i64);
 
-/// Runs one `[[source.kafka]]` until `state` says stop; commits what is settled at the end.
-pub async fn run(
+/// Creates and subscribes the consumer of one `[[source.kafka]]`: settings librdkafka refuses
+/// (or this build does not support, like SSL without the `kafka-tls` feature) fail here, at
+/// start, with the source named.
+pub fn connect(
     source: usize,
-    cfg: KafkaSourceConfig,
-    lanes: HashMap<String, LaneInput>,
+    cfg: &KafkaSourceConfig,
     shared: Arc<KafkaShared>,
-    dead: Arc<Mutex<DeadLetterStore>>,
-    mut state: watch::Receiver<RunState>,
-) -> Result<(), String> {
+) -> Result<StreamConsumer<Context>, String> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &cfg.bootstrap_servers)
         .set("group.id", &cfg.group_id)
@@ -327,18 +326,28 @@ pub async fn run(
         cc.set(k, secrecy::ExposeSecret::expose_secret(v));
     }
     let consumer: StreamConsumer<Context> = cc
-        .create_with_context(Context {
-            source,
-            shared: shared.clone(),
-        })
-        .map_err(|e| format!("kafka source {}: {e}", cfg.group_id))?;
+        .create_with_context(Context { source, shared })
+        .map_err(|e| format!("source.kafka[{source}] (group {}): {e}", cfg.group_id))?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(|e| {
         format!(
-            "kafka source {}: subscribing to {topics:?}: {e}",
+            "source.kafka[{source}] (group {}): subscribing to {topics:?}: {e}",
             cfg.group_id
         )
     })?;
+    Ok(consumer)
+}
+
+/// Runs one `[[source.kafka]]` until `state` says stop; commits what is settled at the end.
+pub async fn run(
+    source: usize,
+    cfg: KafkaSourceConfig,
+    consumer: StreamConsumer<Context>,
+    lanes: HashMap<String, LaneInput>,
+    shared: Arc<KafkaShared>,
+    dead: Arc<Mutex<DeadLetterStore>>,
+    mut state: watch::Receiver<RunState>,
+) -> Result<(), String> {
     tracing::info!(group = %cfg.group_id, topics = ?cfg.topics, "kafka source started");
 
     let mut held: HashMap<(Arc<str>, i32), Held> = HashMap::new();
@@ -402,7 +411,9 @@ pub async fn run(
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
+                        // Brokers down and the like: librdkafka retries; do not spin on it.
                         tracing::warn!(error = %e, "kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };

@@ -526,3 +526,23 @@ commit_interval_ms = 100
     );
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_setting_librdkafka_refuses_fails_the_start_naming_the_source() {
+    let env = mock(|_| {}).await;
+    let path = env.dir.path().join("irisd.toml");
+    let text = config_text(&env, "127.0.0.1:1", "spool.sqlite").replace(
+        "\"heartbeat.interval.ms\" = \"500\"",
+        "\"heartbeat.interval.ms\" = \"often\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let e = match Daemon::start(&config).await {
+        Ok(_) => panic!("started with an invalid librdkafka setting"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("source.kafka[0] (group irisd-test)") && e.contains("heartbeat.interval.ms"),
+        "{e}"
+    );
+}
