@@ -64,6 +64,10 @@ enum Command {
         /// Require the exact IRIS Content-Type string on token requests.
         #[arg(long)]
         strict: bool,
+        /// Require a client certificate (mutual TLS); a client certificate and key for irisd
+        /// are written to the TLS directory (client.pem, client.key).
+        #[arg(long)]
+        require_client_cert: bool,
         /// A fault to inject from the start, as KEY=VALUE (repeatable), e.g.
         /// `--fault error_rate=0.1 --fault error_status=503 --fault latency_ms=50`.
         /// Keys: latency_ms, latency_jitter_ms, error_rate, fail_next, error_status,
@@ -302,8 +306,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             clients,
             token_ttl,
             strict,
+            require_client_cert,
             faults,
-        } => mock_partner(config, listen, tls_dir, clients, token_ttl, strict, faults).await,
+        } => {
+            mock_partner(
+                config,
+                listen,
+                tls_dir,
+                clients,
+                token_ttl,
+                (strict, require_client_cert),
+                faults,
+            )
+            .await
+        }
         Command::Demo { seconds } => demo(seconds).await,
         Command::Bench {
             users,
@@ -702,7 +718,7 @@ async fn mock_partner(
     tls_dir: Option<PathBuf>,
     clients: Vec<String>,
     token_ttl: Option<String>,
-    strict: bool,
+    (strict, require_client_cert): (bool, bool),
     faults: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let mut cfg = match &config {
@@ -725,6 +741,7 @@ async fn mock_partner(
         };
     }
     cfg.strict_content_type |= strict;
+    cfg.require_client_cert |= require_client_cert;
     if !faults.is_empty() {
         let mut current = serde_json::to_value(&cfg.faults)?;
         for f in &faults {
@@ -742,13 +759,7 @@ async fn mock_partner(
         let Some((id, secret)) = c.split_once(':') else {
             bail!("--client must be ID:SECRET");
         };
-        cfg.clients.push(ClientSpec {
-            client_id: Some(id.to_string()),
-            client_secret: Some(secret.to_string()),
-            basic: None,
-            scopes: vec![],
-            active: true,
-        });
+        cfg.clients.push(ClientSpec::with_secret(id, secret));
     }
     if cfg.clients.is_empty() {
         let secret = format!("{:032x}", fastrand::u128(..));
@@ -756,13 +767,7 @@ async fn mock_partner(
         eprintln!(
             "no --client given; accepting client_id \"iris\" with client_secret \"{secret}\""
         );
-        cfg.clients.push(ClientSpec {
-            client_id: Some("iris".into()),
-            client_secret: Some(secret),
-            basic: None,
-            scopes: vec![],
-            active: true,
-        });
+        cfg.clients.push(ClientSpec::with_secret("iris", &secret));
     }
     let mock = MockPartner::start(cfg).await.map_err(anyhow::Error::msg)?;
     eprintln!(
@@ -773,6 +778,14 @@ async fn mock_partner(
         mock.ca_file.display(),
         mock.url("/_mock/stats"),
     );
+    if mock.state.config().require_client_cert {
+        let dir = mock.ca_file.parent().unwrap_or(std::path::Path::new("."));
+        eprintln!(
+            "  client certificate required; irisd's [destination.tls]:\n    client_cert_file = \"{}\"\n    client_key_file = \"{}\"",
+            dir.join("client.pem").display(),
+            dir.join("client.key").display()
+        );
+    }
     shutdown_signal().await?;
     mock.shutdown().await;
     Ok(ExitCode::SUCCESS)
