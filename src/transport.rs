@@ -76,31 +76,11 @@ impl std::fmt::Debug for HttpClient {
 
 /// rustls client configuration: ring provider, TLS 1.2 and 1.3, verification always on.
 pub fn client_tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let err = |message: String| TlsSetupError {
-            path: path.display().to_string(),
-            message,
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(format!("cannot read CA file: {e}")))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| err(format!("invalid PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(err("no CERTIFICATE block in the CA file".into()));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| err(format!("unusable CA certificate: {e}")))?;
-        }
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
+        .with_root_certificates(config_roots(ca_file)?)
         .with_no_client_auth())
 }
 
@@ -161,6 +141,7 @@ pub fn client_tls_config_with(
     Ok(config)
 }
 
+/// The public web roots plus the certificates of `ca_file`.
 fn config_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -169,11 +150,16 @@ fn config_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsSetu
             path: path.display().to_string(),
             message,
         };
-        for cert in CertificateDer::pem_file_iter(path)
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| err(format!("cannot read CA file: {e}")))?
-        {
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(format!("invalid PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(err("no CERTIFICATE block in the CA file".into()));
+        }
+        for cert in certs {
             roots
-                .add(cert.map_err(|e| err(format!("invalid PEM: {e}")))?)
+                .add(cert)
                 .map_err(|e| err(format!("unusable CA certificate: {e}")))?;
         }
     }

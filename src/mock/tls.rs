@@ -91,16 +91,19 @@ pub fn load_or_create(
     Ok((Arc::new(config), ca_path))
 }
 
+/// A self-signed CA named `name`: its PEM and the issuer to sign with.
+fn new_ca(name: &str) -> Result<(String, Issuer<'static, KeyPair>), rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), Issuer::new(params, key)))
+}
+
 fn generate() -> Result<(String, String, String), rcgen::Error> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "irisd mock partner CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    let (ca_pem, issuer) = new_ca("irisd mock partner CA")?;
 
     let mut params = CertificateParams::new(vec![
         "localhost".to_string(),
@@ -115,20 +118,12 @@ fn generate() -> Result<(String, String, String), rcgen::Error> {
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+    Ok((ca_pem, cert.pem(), key.serialize_pem()))
 }
 
 /// A client CA and one client certificate it issued (for irisd), as PEM: (CA, cert, key).
 fn generate_client() -> Result<(String, String, String), rcgen::Error> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "irisd mock partner client CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    let (ca_pem, issuer) = new_ca("irisd mock partner client CA")?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, "irisd");
     params.use_authority_key_identifier_extension = true;
@@ -136,7 +131,7 @@ fn generate_client() -> Result<(String, String, String), rcgen::Error> {
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+    Ok((ca_pem, cert.pem(), key.serialize_pem()))
 }
 
 fn write(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {
