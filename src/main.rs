@@ -85,38 +85,7 @@ enum Command {
     /// Measure end-to-end publish throughput on loopback: the mock partner (TLS) and a daemon
     /// child process, a seeded load of distinct users, verified at the mock; plus, in the same
     /// run, the ceiling (pre-built payloads straight to the mock). Prints one JSON line.
-    Bench {
-        /// Distinct users to deliver.
-        #[arg(long, default_value_t = 1_000_000)]
-        users: u64,
-        /// Users per publish request (IRIS shape: 10; bulk: 1000).
-        #[arg(long, default_value_t = 10)]
-        users_per_request: usize,
-        /// gzip level 1–9, or 0 for no gzip.
-        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
-        gzip_level: u32,
-        /// Publish requests in flight (the destination's max_in_flight).
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Concurrent producers posting to the intake (real-time mode).
-        #[arg(long, default_value_t = 4)]
-        producers: usize,
-        /// Events per intake request (real-time mode).
-        #[arg(long, default_value_t = 500)]
-        events_per_post: usize,
-        /// fsync the spool before each 202 (true) or not (false).
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        durable: bool,
-        /// realtime (intake API) or batch (`irisd batch run` on a .csv.gz file).
-        #[arg(long, value_enum, default_value_t = BenchMode::Realtime)]
-        mode: BenchMode,
-        /// Seed of the synthetic load.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Skip the ceiling measurement.
-        #[arg(long)]
-        no_ceiling: bool,
-    },
+    Bench(BenchArgs),
     /// Validate a configuration file and print the destinations it defines (secrets as ***).
     CheckConfig {
         /// The TOML configuration to check.
@@ -181,6 +150,62 @@ enum Command {
         #[command(subcommand)]
         action: BatchAction,
     },
+}
+
+/// `irisd bench` options.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Distinct users to deliver.
+    #[arg(long, default_value_t = 1_000_000)]
+    users: u64,
+    /// Users per publish request (IRIS shape: 10; bulk: 1000).
+    #[arg(long, default_value_t = 10)]
+    users_per_request: usize,
+    /// gzip level 1–9, or 0 for no gzip.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+    gzip_level: u32,
+    /// Publish requests in flight (the destination's max_in_flight).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Concurrent producers posting to the intake (real-time mode).
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Events per intake request (real-time mode).
+    #[arg(long, default_value_t = 500)]
+    events_per_post: usize,
+    /// fsync the spool before each 202 (true) or not (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    durable: bool,
+    /// realtime (intake API) or batch (`irisd batch run` on a .csv.gz file).
+    #[arg(long, value_enum, default_value_t = BenchMode::Realtime)]
+    mode: BenchMode,
+    /// Seed of the synthetic load.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Skip the ceiling measurement.
+    #[arg(long)]
+    no_ceiling: bool,
+}
+
+impl BenchArgs {
+    fn options(self) -> anyhow::Result<irisd::bench::BenchOptions> {
+        Ok(irisd::bench::BenchOptions {
+            users: self.users,
+            users_per_request: self.users_per_request,
+            gzip_level: self.gzip_level,
+            concurrency: self.concurrency,
+            producers: self.producers,
+            events_per_post: self.events_per_post,
+            durable: self.durable,
+            mode: match self.mode {
+                BenchMode::Realtime => irisd::bench::Mode::Realtime,
+                BenchMode::Batch => irisd::bench::Mode::Batch,
+            },
+            seed: self.seed,
+            ceiling: !self.no_ceiling,
+            irisd: std::env::current_exe().context("locating the irisd binary")?,
+        })
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -321,35 +346,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Demo { seconds } => demo(seconds).await,
-        Command::Bench {
-            users,
-            users_per_request,
-            gzip_level,
-            concurrency,
-            producers,
-            events_per_post,
-            durable,
-            mode,
-            seed,
-            no_ceiling,
-        } => {
-            let report = irisd::bench::run(irisd::bench::BenchOptions {
-                users,
-                users_per_request,
-                gzip_level,
-                concurrency,
-                producers,
-                events_per_post,
-                durable,
-                mode: match mode {
-                    BenchMode::Realtime => irisd::bench::Mode::Realtime,
-                    BenchMode::Batch => irisd::bench::Mode::Batch,
-                },
-                seed,
-                ceiling: !no_ceiling,
-                irisd: std::env::current_exe().context("locating the irisd binary")?,
-            })
-            .await?;
+        Command::Bench(args) => {
+            let report = irisd::bench::run(args.options()?).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
