@@ -193,19 +193,16 @@ fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let hz = clock_ticks();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let hwm_kb = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())?;
-    Some((ticks as f64 / hz, hwm_kb * 1024))
+    Some((ticks as f64 / USER_HZ, hwm_kb * 1024))
 }
 
 /// /proc reports CPU times in USER_HZ units, which Linux fixes at 100 for user space.
-fn clock_ticks() -> f64 {
-    100.0
-}
+const USER_HZ: f64 = 100.0;
 
 /// CPU seconds of the waited-for children of this process (`cutime + cstime`).
 fn children_cpu() -> f64 {
@@ -217,7 +214,7 @@ fn children_cpu() -> f64 {
     };
     let f: Vec<&str> = stat[end + 2..].split_whitespace().collect();
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (t(13) + t(14)) as f64 / clock_ticks()
+    (t(13) + t(14)) as f64 / USER_HZ
 }
 
 /// Kills the child on drop (a failed run leaves no daemon behind).

@@ -111,6 +111,9 @@ fn start_kafka(
                 .map_err(|message| StartError::Kafka { message })?,
         );
     }
+    let dead = Arc::new(std::sync::Mutex::new(
+        crate::spool::DeadLetterStore::open_or_create(spool.path())?,
+    ));
     let (state, state_rx) = watch::channel(RunState::Running);
     let mut inputs = std::collections::HashMap::new();
     let mut lanes = Vec::new();
@@ -121,7 +124,10 @@ fn start_kafka(
             d.metrics.clone(),
             spool.clone(),
             state_rx.clone(),
-            shared.clone(),
+            lane::StreamSink {
+                acks: shared.clone(),
+                dead: dead.clone(),
+            },
         );
         inputs.insert(
             d.name.clone(),
@@ -132,9 +138,6 @@ fn start_kafka(
         );
         lanes.push(task);
     }
-    let dead = Arc::new(std::sync::Mutex::new(
-        crate::spool::DeadLetterStore::open_or_create(spool.path())?,
-    ));
     let mut sources = Vec::new();
     for ((i, k), consumer) in config.kafka.iter().enumerate().zip(consumers) {
         sources.push(tokio::spawn(crate::kafka::run(

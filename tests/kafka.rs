@@ -21,12 +21,11 @@ use rdkafka::{Offset, TopicPartitionList};
 const TOPIC: &str = "qualifications";
 const GROUP: &str = "irisd-test";
 
-fn config_text(env: &Env, bootstrap: &str, spool: &str) -> String {
-    let secret = env.dir.path().join("secret");
-    std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
-    let dest = |name: &str, id: &str| {
-        format!(
-            r#"
+/// One `[[destination]]` of the mock in `env`; `publish_extra` goes at the end of
+/// `[destination.publish]` (and may open further sections).
+fn destination(name: &str, id: &str, env: &Env, publish_extra: &str) -> String {
+    format!(
+        r#"
 [[destination]]
 name = "{name}"
 destination_id = "{id}"
@@ -42,16 +41,20 @@ client_secret_file = "secret"
 url = "{}"
 max_users = 10
 linger_ms = 20
-max_in_flight = 8
+{publish_extra}
 
 [destination.tls]
 ca_file = "{}"
 "#,
-            env.mock.token_url(),
-            env.mock.publish_url(),
-            env.mock.ca_file.display()
-        )
-    };
+        env.mock.token_url(),
+        env.mock.publish_url(),
+        env.mock.ca_file.display()
+    )
+}
+
+fn config_text(env: &Env, bootstrap: &str, spool: &str) -> String {
+    let secret = env.dir.path().join("secret");
+    std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
     format!(
         r#"[intake]
 listen = "127.0.0.1:0"
@@ -69,8 +72,8 @@ commit_interval_ms = 100
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
 "#,
-        dest("partner-a", "423"),
-        dest("partner-b", "424"),
+        destination("partner-a", "423", env, "max_in_flight = 8"),
+        destination("partner-b", "424", env, "max_in_flight = 8"),
     )
 }
 
@@ -346,6 +349,10 @@ async fn two_instances_share_the_partitions_and_one_killed_9_loses_nothing() {
     drop(b);
 }
 
+/// Small windows and fast retries, so the broken destination's lane fills quickly.
+const OUTAGE_PUBLISH: &str =
+    "max_in_flight = 4\n\n[destination.retry]\ninitial_ms = 50\nmax_delay_ms = 200";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_outage_pauses_only_the_topic_feeding_it() {
     // partner-a's endpoint is down (503); partner-b's, another mock, is fine. Each destination
@@ -386,38 +393,6 @@ async fn a_partner_outage_pauses_only_the_topic_feeding_it() {
         format!("{CLIENT_SECRET}\n"),
     )
     .unwrap();
-    let dest = |name: &str, env: &Env| {
-        format!(
-            r#"
-[[destination]]
-name = "{name}"
-destination_id = "423"
-user_dpid = "12345"
-aam_client_id = "74323"
-
-[destination.auth]
-token_url = "{}"
-client_id = "{CLIENT_ID}"
-client_secret_file = "secret"
-
-[destination.publish]
-url = "{}"
-max_users = 10
-linger_ms = 20
-max_in_flight = 4
-
-[destination.retry]
-initial_ms = 50
-max_delay_ms = 200
-
-[destination.tls]
-ca_file = "{}"
-"#,
-            env.mock.token_url(),
-            env.mock.publish_url(),
-            env.mock.ca_file.display()
-        )
-    };
     let source = |topic: &str, d: &str| {
         format!(
             r#"
@@ -432,8 +407,8 @@ commit_interval_ms = 100
     };
     let text = format!(
         "[intake]\nlisten = \"127.0.0.1:0\"\n\n[spool]\npath = \"spool.sqlite\"\n{}{}{}{}",
-        dest("partner-a", &env_a),
-        dest("partner-b", &env_b),
+        destination("partner-a", "423", &env_a, OUTAGE_PUBLISH),
+        destination("partner-b", "423", &env_b, OUTAGE_PUBLISH),
         source("topic-a", "partner-a"),
         source("topic-b", "partner-b"),
     );

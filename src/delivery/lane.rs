@@ -70,7 +70,46 @@ struct Lane {
     circuit: Circuit,
     /// Stream lanes (Kafka): how delivered or dead-lettered events settle. Spool lanes: none
     /// (the spool row is deleted or moved).
-    stream: Option<Arc<dyn crate::kafka::StreamAcks>>,
+    stream: Option<StreamSink>,
+}
+
+/// Where a stream lane's outcomes go: settled tickets, and dead letters for bodies that were
+/// never in the spool (one store, shared with the Kafka source's poison records).
+#[derive(Clone)]
+pub struct StreamSink {
+    pub acks: Arc<dyn crate::kafka::StreamAcks>,
+    pub dead: Arc<std::sync::Mutex<crate::spool::DeadLetterStore>>,
+}
+
+impl Lane {
+    /// Moves a given-up batch to the dead letters, durably: a spool lane moves its rows, a
+    /// stream lane stores the bodies and then settles the tickets.
+    async fn dead_letter(
+        &self,
+        ids: Vec<u64>,
+        bytes: u64,
+        bodies: Vec<bytes::Bytes>,
+        info: crate::spool::DeadLetterInfo,
+    ) -> Result<(), String> {
+        let Some(stream) = &self.stream else {
+            return self
+                .spool
+                .dead_letter(self.name.clone(), ids, bytes, info)
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let (dead, name) = (stream.dead.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || {
+            dead.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(&name, &bodies, now_ms(), &info)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        stream.acks.settled(&ids);
+        Ok(())
+    }
 }
 
 /// Where a lane's events come from.
@@ -130,7 +169,7 @@ pub fn spawn_stream(
     metrics: Arc<DestinationMetrics>,
     spool: Arc<Spool>,
     state: watch::Receiver<RunState>,
-    acks: Arc<dyn crate::kafka::StreamAcks>,
+    sink: StreamSink,
 ) -> (
     tokio::sync::mpsc::Sender<UserRecord>,
     usize,
@@ -150,7 +189,7 @@ pub fn spawn_stream(
         spool,
         metrics,
         opts,
-        stream: Some(acks),
+        stream: Some(sink),
     });
     let task = tokio::spawn(run(
         lane,
@@ -187,10 +226,6 @@ async fn run(
                         Ok(r) => rows.push(r),
                         Err(_) => break,
                     }
-                }
-                // Stream ids are tickets, not ordered: the cursor is not used.
-                for r in &rows {
-                    cursor = cursor.max(r.id);
                 }
                 rows
             }
@@ -314,7 +349,7 @@ async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver
     let users = ids.len() as u64;
     let m = &lane.metrics;
     m.bytes_raw.fetch_add(req.raw_len as u64, Relaxed);
-    let acks = lane.stream.clone();
+    let acks = lane.stream.as_ref().map(|s| s.acks.clone());
     let ticket_ids = ids.clone();
     let wanted = move || acks.as_ref().is_none_or(|a| a.current(&ticket_ids));
     let ctx = Resolver {
@@ -329,64 +364,27 @@ async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver
             .then_some(&wanted as &(dyn Fn() -> bool + Send + Sync)),
     };
     match ctx.resolve(&req, oldest_ms, &mut state).await {
-        Resolution::Delivered if lane.stream.is_some() => {
-            if let Some(acks) = &lane.stream {
-                acks.settled(&ids);
-            }
-            m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
-            m.requests_ok.fetch_add(1, Relaxed);
-            m.delivered_users.fetch_add(users, Relaxed);
-            m.record_lag(accepted.into_iter(), now_ms());
-        }
-        Resolution::Dead(info) if lane.stream.is_some() => {
-            let path = lane.spool.path().to_owned();
-            let name = lane.name.clone();
-            let stored = tokio::task::spawn_blocking(move || {
-                crate::spool::DeadLetterStore::open_or_create(&path)?.add(
-                    &name,
-                    &bodies,
-                    now_ms(),
-                    &info,
-                )
-            })
-            .await;
-            match stored {
-                Ok(Ok(_)) => {
-                    if let Some(acks) = &lane.stream {
-                        acks.settled(&ids);
-                    }
-                    m.dead_lettered_users.fetch_add(users, Relaxed);
-                    m.failed_users.fetch_add(users, Relaxed);
-                }
-                // Not settled: the offsets are not committed; re-consumed after a restart.
-                Ok(Err(e)) => {
-                    tracing::error!(destination = %lane.name, error = %e, "cannot write the dead letters")
-                }
-                Err(e) => {
-                    tracing::error!(destination = %lane.name, error = %e, "dead-letter task failed")
-                }
-            }
-        }
         Resolution::Delivered => {
-            lane.spool.ack(lane.name.clone(), ids, bytes);
+            match &lane.stream {
+                Some(stream) => stream.acks.settled(&ids),
+                None => lane.spool.ack(lane.name.clone(), ids, bytes),
+            }
             m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
             m.requests_ok.fetch_add(1, Relaxed);
             m.delivered_users.fetch_add(users, Relaxed);
             m.record_lag(accepted.into_iter(), now_ms());
         }
-        Resolution::Dead(info) => match lane
-            .spool
-            .dead_letter(lane.name.clone(), ids, bytes, info)
-            .await
-        {
+        Resolution::Dead(info) => match lane.dead_letter(ids, bytes, bodies, info).await {
             Ok(()) => {
                 m.dead_lettered_users.fetch_add(users, Relaxed);
                 m.failed_users.fetch_add(users, Relaxed);
             }
+            // Spool lanes: the events stay in the spool; stream lanes: the offsets are not
+            // committed. Either way they are delivered again after a restart.
             Err(e) => tracing::error!(
                 destination = %lane.name,
                 error = %e,
-                "cannot write the dead letters; the events stay in the spool and are retried after a restart"
+                "cannot write the dead letters; the events are retried after a restart"
             ),
         },
         // Not acknowledged: the events stay in the spool for the next start.
