@@ -144,10 +144,13 @@ pub fn open_connection(path: &Path) -> Result<Connection, SpoolError> {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-             INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 1), ('next_id', 1);
-             CREATE TABLE IF NOT EXISTS events (
-                 dest TEXT NOT NULL, id INTEGER NOT NULL, accepted_at INTEGER NOT NULL, body BLOB NOT NULL,
-                 PRIMARY KEY (dest, id)) WITHOUT ROWID;
+             INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 2), ('next_id', 1);
+             CREATE TABLE IF NOT EXISTS blocks (
+                 first_id INTEGER PRIMARY KEY, dest TEXT NOT NULL, count INTEGER NOT NULL,
+                 accepted_at INTEGER NOT NULL, body BLOB NOT NULL);
+             CREATE INDEX IF NOT EXISTS blocks_by_dest ON blocks (dest, first_id);
+             CREATE TABLE IF NOT EXISTS block_done (
+                 first_id INTEGER PRIMARY KEY, done INTEGER NOT NULL, bits BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS dead_letters (
                  dest TEXT NOT NULL, id INTEGER NOT NULL, accepted_at INTEGER NOT NULL, body BLOB NOT NULL,
                  reason TEXT NOT NULL, status INTEGER, attempts INTEGER NOT NULL,
@@ -164,15 +167,181 @@ pub fn open_connection(path: &Path) -> Result<Connection, SpoolError> {
             conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
                 r.get(0)
             })?;
-        if schema != 1 {
-            return Err(rusqlite::Error::InvalidParameterName(format!(
-                "unsupported spool schema version {schema}"
-            )));
+        match schema {
+            SCHEMA => Ok(()),
+            1 => migrate_from_v1(&conn),
+            _ => Err(rusqlite::Error::InvalidParameterName(format!(
+                "unsupported spool schema version {schema} (this irisd reads versions 1 and {SCHEMA})"
+            ))),
         }
-        Ok(())
     };
     setup().map_err(|e| store_err(path, e))?;
     Ok(conn)
+}
+
+/// The spool's schema version: 2 stores events in blocks (one row per intake request and
+/// destination); version 1 stored a row per event.
+const SCHEMA: i64 = 2;
+
+/// Rewrites a version-1 spool (a row per event) as blocks of one event, in one transaction
+/// (another process may be doing the same: the schema is checked again inside it).
+fn migrate_from_v1(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let run = || -> rusqlite::Result<()> {
+        let schema: i64 =
+            conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })?;
+        if schema != 1 {
+            return Ok(());
+        }
+        let has_events: bool = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if has_events {
+            let mut select = conn.prepare("SELECT dest, id, accepted_at, body FROM events")?;
+            let mut insert = conn.prepare(
+                "INSERT INTO blocks (first_id, dest, count, accepted_at, body) VALUES (?1, ?2, 1, ?3, ?4)",
+            )?;
+            let mut rows = select.query([])?;
+            while let Some(r) = rows.next()? {
+                let body: Vec<u8> = r.get(3)?;
+                insert.execute(params![
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(2)?,
+                    encode_block(&[Bytes::from(body)])
+                ])?;
+            }
+            conn.execute_batch("DROP TABLE events")?;
+        }
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'schema'", [SCHEMA])?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Per destination: the bytes and the number of events not yet done (delivered or
+/// dead-lettered). Blocks partly done are read to subtract what is done.
+fn pending_by_destination(conn: &Connection) -> rusqlite::Result<Vec<(String, u64, u64)>> {
+    let mut totals: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut st = conn.prepare(
+        "SELECT dest, sum(length(body) - 4 * count), sum(count) FROM blocks GROUP BY dest",
+    )?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        totals.insert(
+            r.get(0)?,
+            (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
+        );
+    }
+    let mut st = conn.prepare(
+        "SELECT b.dest, b.count, b.body, d.bits FROM blocks b JOIN block_done d ON d.first_id = b.first_id",
+    )?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let (dest, count): (String, u32) = (r.get(0)?, r.get(1)?);
+        let body = Bytes::from(r.get::<_, Vec<u8>>(2)?);
+        let (Some(events), Some(done)) = (
+            decode_block(&body, count as usize),
+            DoneBits::from_stored(count, &r.get::<_, Vec<u8>>(3)?),
+        ) else {
+            continue;
+        };
+        if let Some((bytes, n)) = totals.get_mut(&dest) {
+            for (i, e) in events.iter().enumerate() {
+                if done.is_done(i as u32) {
+                    *bytes = bytes.saturating_sub(e.len() as u64);
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+    }
+    Ok(totals.into_iter().map(|(d, (b, n))| (d, b, n)).collect())
+}
+
+/// A block's body: each event as its length (u32, little endian) followed by its bytes.
+fn encode_block(bodies: &[Bytes]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bodies.iter().map(|b| 4 + b.len()).sum());
+    for b in bodies {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// A block's events (slices of `body`, no copies); `None` unless it holds exactly `count`.
+fn decode_block(body: &Bytes, count: usize) -> Option<Vec<Bytes>> {
+    let mut events = Vec::with_capacity(count);
+    let mut at = 0usize;
+    while at < body.len() {
+        let len = u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+        let start = at + 4;
+        let end = start.checked_add(len).filter(|&e| e <= body.len())?;
+        events.push(body.slice(start..end));
+        at = end;
+    }
+    (events.len() == count).then_some(events)
+}
+
+/// Which events of a block are done (delivered or dead-lettered): a bit per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DoneBits {
+    words: Vec<u64>,
+    done: u32,
+    count: u32,
+}
+
+impl DoneBits {
+    fn new(count: u32) -> Self {
+        Self {
+            words: vec![0; (count as usize).div_ceil(64)],
+            done: 0,
+            count,
+        }
+    }
+
+    /// Read back from `block_done`; `None` if the stored bits do not fit the block.
+    fn from_stored(count: u32, bits: &[u8]) -> Option<Self> {
+        let mut d = Self::new(count);
+        if bits.len() != d.words.len() * 8 {
+            return None;
+        }
+        for (w, chunk) in d.words.iter_mut().zip(bits.chunks_exact(8)) {
+            *w = u64::from_le_bytes(chunk.try_into().ok()?);
+        }
+        d.done = d.words.iter().map(|w| w.count_ones()).sum();
+        (d.done <= count).then_some(d)
+    }
+
+    fn stored(&self) -> Vec<u8> {
+        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn is_done(&self, i: u32) -> bool {
+        self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    /// Marks event `i`; marking one twice counts once.
+    fn mark(&mut self, i: u32) {
+        let (w, b) = ((i / 64) as usize, 1u64 << (i % 64));
+        if self.words[w] & b == 0 {
+            self.words[w] |= b;
+            self.done += 1;
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.done == self.count
+    }
 }
 
 impl Spool {
@@ -193,26 +362,11 @@ impl Spool {
         let mut usage = HashMap::new();
         let mut events = HashMap::new();
         let mut total = 0u64;
-        {
-            let mut st = conn
-                .prepare("SELECT dest, sum(length(body)), count(*) FROM events GROUP BY dest")
-                .map_err(|e| store_err(path, e))?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .map_err(|e| store_err(path, e))?;
-            for row in rows {
-                let (dest, bytes, count) = row.map_err(|e| store_err(path, e))?;
-                total += bytes as u64;
-                let dest = Arc::<str>::from(dest);
-                usage.insert(dest.clone(), Arc::new(AtomicU64::new(bytes as u64)));
-                events.insert(dest, Arc::new(AtomicU64::new(count as u64)));
-            }
+        for (dest, bytes, count) in pending_by_destination(&conn).map_err(|e| store_err(path, e))? {
+            total += bytes;
+            let dest = Arc::<str>::from(dest);
+            usage.insert(dest.clone(), Arc::new(AtomicU64::new(bytes)));
+            events.insert(dest, Arc::new(AtomicU64::new(count)));
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(4096);
         // The writer exits when the last `Spool` (and with it the sender) is dropped.
@@ -398,6 +552,7 @@ impl Spool {
             conn: Mutex::new(open_connection(&self.path)?),
             path: self.path.clone(),
             destination: destination.to_string(),
+            current: Mutex::new(None),
         })
     }
 }
@@ -429,31 +584,130 @@ pub struct SpoolReader {
     conn: Mutex<Connection>,
     path: PathBuf,
     destination: String,
+    /// The block the last read stopped inside, decoded (its events are slices of one buffer).
+    current: Mutex<Option<Block>>,
+}
+
+/// A block read back: events `first_id ..` in order, with what was already done at read time.
+struct Block {
+    first_id: u64,
+    accepted_at_ms: i64,
+    events: Vec<Bytes>,
+    done: Option<DoneBits>,
+}
+
+impl Block {
+    fn covers(&self, id: u64) -> bool {
+        id >= self.first_id && id < self.first_id + self.events.len() as u64
+    }
+
+    /// Appends its events with id greater than `after` (and not done) to `out`, up to `limit`
+    /// in all; returns the last id it looked at.
+    fn take(&self, after: u64, limit: usize, out: &mut Vec<UserRecord>) -> u64 {
+        let mut last = after;
+        let skip = after.saturating_sub(self.first_id - 1) as usize;
+        for (i, json) in self.events.iter().enumerate().skip(skip) {
+            if out.len() >= limit {
+                break;
+            }
+            let id = self.first_id + i as u64;
+            last = id;
+            if self.done.as_ref().is_some_and(|d| d.is_done(i as u32)) {
+                continue;
+            }
+            out.push(UserRecord {
+                id,
+                accepted_at_ms: self.accepted_at_ms,
+                json: json.clone(),
+            });
+        }
+        last
+    }
+}
+
+const BLOCK_COLUMNS: &str = "SELECT b.first_id, b.accepted_at, b.count, b.body, d.bits
+     FROM blocks b LEFT JOIN block_done d ON d.first_id = b.first_id";
+
+fn row_to_block(r: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
+    let first_id = r.get::<_, i64>(0)? as u64;
+    let count: u32 = r.get(2)?;
+    let body = Bytes::from(r.get::<_, Vec<u8>>(3)?);
+    let events = decode_block(&body, count as usize).ok_or_else(|| {
+        rusqlite::Error::InvalidColumnType(
+            3,
+            format!("block {first_id}"),
+            rusqlite::types::Type::Blob,
+        )
+    })?;
+    let done = r
+        .get::<_, Option<Vec<u8>>>(4)?
+        .and_then(|bits| DoneBits::from_stored(count, &bits));
+    Ok(Block {
+        first_id,
+        accepted_at_ms: r.get(1)?,
+        events,
+        done,
+    })
 }
 
 impl SpoolReader {
     /// Up to `limit` events with id greater than `after`, oldest first (blocking).
     pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<UserRecord>, SpoolError> {
+        let err = |e| store_err(&self.path, e);
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut st = conn
-            .prepare_cached("SELECT id, accepted_at, body FROM events WHERE dest = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
-            .map_err(|e| store_err(&self.path, e))?;
-        let rows = st
-            .query_map(params![self.destination, after as i64, limit as i64], |r| {
-                Ok(UserRecord {
-                    id: r.get::<_, i64>(0)? as u64,
-                    accepted_at_ms: r.get(1)?,
-                    json: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                })
-            })
-            .map_err(|e| store_err(&self.path, e))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| store_err(&self.path, e))
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let mut cursor = after;
+        // The block holding `after + 1`: usually the one the last read stopped in.
+        if !current.as_ref().is_some_and(|b| b.covers(cursor + 1)) {
+            *current = None;
+            if cursor > 0 {
+                let mut st = conn
+                    .prepare_cached(&format!(
+                        "{BLOCK_COLUMNS} WHERE b.dest = ?1 AND b.first_id <= ?2 ORDER BY b.first_id DESC LIMIT 1"
+                    ))
+                    .map_err(err)?;
+                *current = st
+                    .query_row(params![self.destination, (cursor + 1) as i64], row_to_block)
+                    .optional()
+                    .map_err(err)?
+                    .filter(|b| b.covers(cursor + 1));
+            }
+        }
+        if let Some(block) = current.as_ref() {
+            cursor = block.take(cursor, limit, &mut out);
+            if !block.covers(cursor + 1) {
+                *current = None;
+            }
+        }
+        if out.len() < limit && current.is_none() {
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "{BLOCK_COLUMNS} WHERE b.dest = ?1 AND b.first_id > ?2 ORDER BY b.first_id LIMIT ?3"
+                ))
+                .map_err(err)?;
+            // Rows are stepped lazily: reading stops once `limit` events are taken.
+            let mut rows = st
+                .query(params![self.destination, cursor as i64, limit as i64])
+                .map_err(err)?;
+            while out.len() < limit {
+                let Some(row) = rows.next().map_err(err)? else {
+                    break;
+                };
+                let block = row_to_block(row).map_err(err)?;
+                cursor = block.take(cursor, limit, &mut out);
+                if block.covers(cursor + 1) {
+                    *current = Some(block);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
 fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, fsync: bool) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+    let mut progress = Progress::default();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < GROUP_COMMIT_MAX {
@@ -466,7 +720,7 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, fsy
             && batch
                 .iter()
                 .any(|c| matches!(c, Command::Append { .. } | Command::DeadLetter { .. }));
-        match apply(&mut conn, &batch, durable) {
+        match apply(&mut conn, &mut progress, &batch, durable) {
             Ok(ids) => {
                 let mut ids = ids.into_iter();
                 for cmd in batch.drain(..) {
@@ -522,10 +776,124 @@ fn runs(ids: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
     })
 }
 
+/// What the writer knows of blocks partly done: their bits, loaded from the file on first
+/// touch and kept until the block is complete (then its rows are deleted). Only the writer
+/// thread touches it; `irisd dlq replay` in another process only adds new blocks.
+#[derive(Default)]
+struct Progress {
+    blocks: std::collections::BTreeMap<u64, DoneBits>,
+}
+
+impl Progress {
+    /// The first block of `destination` holding an id in `from..=to`, loaded if needed.
+    fn find(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        destination: &str,
+        from: u64,
+        to: u64,
+    ) -> rusqlite::Result<Option<u64>> {
+        if let Some((&first, bits)) = self.blocks.range(..=from).next_back() {
+            if from < first + bits.count as u64 {
+                return Ok(Some(first));
+            }
+        }
+        let mut holding = tx.prepare_cached(
+            "SELECT b.first_id, b.count, d.bits FROM blocks b LEFT JOIN block_done d ON d.first_id = b.first_id
+             WHERE b.dest = ?1 AND b.first_id <= ?2 ORDER BY b.first_id DESC LIMIT 1",
+        )?;
+        let mut next = tx.prepare_cached(
+            "SELECT b.first_id, b.count, d.bits FROM blocks b LEFT JOIN block_done d ON d.first_id = b.first_id
+             WHERE b.dest = ?1 AND b.first_id > ?2 ORDER BY b.first_id LIMIT 1",
+        )?;
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, u32>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+            ))
+        };
+        let found = match holding
+            .query_row(params![destination, from as i64], row)
+            .optional()?
+            .filter(|(first, count, _)| from < first + *count as u64)
+        {
+            Some(b) => Some(b),
+            None => next
+                .query_row(params![destination, from as i64], row)
+                .optional()?
+                .filter(|(first, _, _)| *first <= to),
+        };
+        Ok(found.map(|(first, count, bits)| {
+            let bits = bits
+                .and_then(|b| DoneBits::from_stored(count, &b))
+                .unwrap_or_else(|| DoneBits::new(count));
+            self.blocks.entry(first).or_insert(bits);
+            first
+        }))
+    }
+
+    /// Marks the ids `from..=to` of `destination` done; a block done entirely is deleted,
+    /// one done in part is noted in `touched` (its bits are written before the commit). Ids in
+    /// no block (done before) are skipped.
+    fn mark(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        destination: &str,
+        from: u64,
+        to: u64,
+        touched: &mut Vec<u64>,
+    ) -> rusqlite::Result<()> {
+        let mut id = from;
+        while id <= to {
+            let Some(first) = self.find(tx, destination, id, to)? else {
+                break;
+            };
+            let bits = self
+                .blocks
+                .get_mut(&first)
+                .expect("found blocks are loaded");
+            let start = id.max(first);
+            let end = to.min(first + bits.count as u64 - 1);
+            for i in start..=end {
+                bits.mark((i - first) as u32);
+            }
+            if bits.complete() {
+                self.blocks.remove(&first);
+                tx.prepare_cached("DELETE FROM blocks WHERE first_id = ?1")?
+                    .execute([first as i64])?;
+                tx.prepare_cached("DELETE FROM block_done WHERE first_id = ?1")?
+                    .execute([first as i64])?;
+            } else {
+                touched.push(first);
+            }
+            id = end + 1;
+        }
+        Ok(())
+    }
+
+    /// Writes the bits of blocks done in part (so a restart does not deliver them again).
+    fn save(&self, tx: &rusqlite::Transaction<'_>, touched: &mut Vec<u64>) -> rusqlite::Result<()> {
+        touched.sort_unstable();
+        touched.dedup();
+        let mut st = tx.prepare_cached(
+            "INSERT OR REPLACE INTO block_done (first_id, done, bits) VALUES (?1, ?2, ?3)",
+        )?;
+        for first in touched.drain(..) {
+            if let Some(bits) = self.blocks.get(&first) {
+                st.execute(params![first as i64, bits.done, bits.stored()])?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Applies a group of commands in one transaction; returns the ids given to each append, in
-/// order. On error the transaction is rolled back.
+/// order. On error the transaction is rolled back (acks already marked in `progress` are then
+/// only in memory: a crash before they are written again means duplicates, never a loss).
 fn apply(
     conn: &mut Connection,
+    progress: &mut Progress,
     batch: &[Command],
     durable: bool,
 ) -> Result<Vec<Vec<Vec<u64>>>, SpoolError> {
@@ -546,21 +914,23 @@ fn apply(
         .sum();
     let mut next_id = take_ids(&tx, wanted).map_err(err)?;
     let mut appended = Vec::new();
+    let mut touched = Vec::new();
     {
+        // One row per destination of an intake request: a block of consecutive ids.
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO events (dest, id, accepted_at, body) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO blocks (first_id, dest, count, accepted_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(err)?;
-        let mut delete = tx
-            .prepare_cached("DELETE FROM events WHERE dest = ?1 AND id BETWEEN ?2 AND ?3")
-            .map_err(err)?;
-        let mut move_dead = tx
+        let mut add_dead = tx
             .prepare_cached(
                 "INSERT OR REPLACE INTO dead_letters
                    (dest, id, accepted_at, body, reason, status, attempts, first_attempt_at, last_attempt_at, request_id)
-                 SELECT dest, id, accepted_at, body, ?3, ?4, ?5, ?6, ?7, ?8 FROM events WHERE dest = ?1 AND id = ?2",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
+            .map_err(err)?;
+        let mut read_block = tx
+            .prepare_cached("SELECT accepted_at, count, body FROM blocks WHERE first_id = ?1")
             .map_err(err)?;
         for cmd in batch {
             match cmd {
@@ -571,29 +941,30 @@ fn apply(
                 } => {
                     let mut per_destination = Vec::with_capacity(items.len());
                     for (destination, bodies) in items {
-                        let mut ids = Vec::with_capacity(bodies.len());
-                        for body in bodies {
-                            insert
-                                .execute(params![
-                                    &**destination,
-                                    next_id,
-                                    accepted_at_ms,
-                                    body.as_ref()
-                                ])
-                                .map_err(err)?;
-                            ids.push(next_id as u64);
-                            next_id += 1;
+                        if bodies.is_empty() {
+                            per_destination.push(Vec::new());
+                            continue;
                         }
-                        per_destination.push(ids);
+                        insert
+                            .execute(params![
+                                next_id,
+                                &**destination,
+                                bodies.len() as i64,
+                                accepted_at_ms,
+                                encode_block(bodies)
+                            ])
+                            .map_err(err)?;
+                        let first = next_id as u64;
+                        per_destination.push((first..first + bodies.len() as u64).collect());
+                        next_id += bodies.len() as i64;
                     }
                     appended.push(per_destination);
                 }
                 Command::Ack { destination, ids } => {
-                    // A batch's ids are mostly one run of consecutive ids: one range delete
-                    // (one B-tree descent) per run instead of one per event.
+                    // A batch's ids are mostly one run of consecutive ids inside one block.
                     for (first, last) in runs(ids) {
-                        delete
-                            .execute(params![&**destination, first as i64, last as i64])
+                        progress
+                            .mark(&tx, destination, first, last, &mut touched)
                             .map_err(err)?;
                     }
                 }
@@ -603,11 +974,38 @@ fn apply(
                     info,
                     ..
                 } => {
+                    // Copy each event out of its block into `dead_letters`, then mark it done.
+                    let mut block: Option<(u64, i64, Vec<Bytes>)> = None;
                     for &id in ids {
-                        move_dead
+                        let Some(first) = progress
+                            .find(&tx, destination, id, id)
+                            .map_err(err)?
+                            .filter(|&f| f <= id)
+                        else {
+                            continue;
+                        };
+                        if block.as_ref().is_none_or(|(f, _, _)| *f != first) {
+                            let (accepted, count, body): (i64, u32, Vec<u8>) = read_block
+                                .query_row([first as i64], |r| {
+                                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                                })
+                                .map_err(err)?;
+                            let events = decode_block(&Bytes::from(body), count as usize)
+                                .ok_or_else(|| {
+                                    store_err(&path, format!("block {first} is malformed"))
+                                })?;
+                            block = Some((first, accepted, events));
+                        }
+                        if progress.blocks[&first].is_done((id - first) as u32) {
+                            continue;
+                        }
+                        let (_, accepted, events) = block.as_ref().expect("just read");
+                        add_dead
                             .execute(params![
                                 &**destination,
                                 id as i64,
+                                accepted,
+                                events[(id - first) as usize].as_ref(),
                                 info.reason,
                                 info.status,
                                 info.attempts,
@@ -616,8 +1014,10 @@ fn apply(
                                 info.request_id
                             ])
                             .map_err(err)?;
-                        delete
-                            .execute(params![&**destination, id as i64, id as i64])
+                    }
+                    for (first, last) in runs(ids) {
+                        progress
+                            .mark(&tx, destination, first, last, &mut touched)
                             .map_err(err)?;
                     }
                 }
@@ -625,6 +1025,7 @@ fn apply(
             }
         }
     }
+    progress.save(&tx, &mut touched).map_err(err)?;
     tx.commit().map_err(err)?;
     Ok(appended)
 }
@@ -720,33 +1121,41 @@ impl DeadLetterStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
-        let rows: Vec<(String, i64, i64, Vec<u8>)> = {
+        let rows: Vec<(String, i64, Vec<u8>)> = {
             let mut st = tx
                 .prepare(
-                    "SELECT dest, id, accepted_at, body FROM dead_letters
-                     WHERE (?1 IS NULL OR dest = ?1) AND (?2 IS NULL OR id = ?2) ORDER BY id",
+                    "SELECT dest, id, body FROM dead_letters
+                     WHERE (?1 IS NULL OR dest = ?1) AND (?2 IS NULL OR id = ?2) ORDER BY dest, id",
                 )
                 .map_err(err)?;
             let rows = st
                 .query_map(params![destination, id.map(|i| i as i64)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)?
         };
-        let first = take_ids(&tx, rows.len()).map_err(err)?;
-        // A replayed event starts a new life: its age counts from the replay.
-        for (next_id, (dest, old_id, _accepted_at, body)) in (first..).zip(&rows) {
+        let mut next_id = take_ids(&tx, rows.len()).map_err(err)?;
+        // One block per destination; a replayed event starts a new life: its age counts from
+        // the replay.
+        for group in rows.chunk_by(|a, b| a.0 == b.0) {
+            let bodies: Vec<Bytes> = group
+                .iter()
+                .map(|(_, _, body)| Bytes::copy_from_slice(body))
+                .collect();
             tx.execute(
-                "INSERT INTO events (dest, id, accepted_at, body) VALUES (?1, ?2, ?3, ?4)",
-                params![dest, next_id, now_ms(), body],
+                "INSERT INTO blocks (first_id, dest, count, accepted_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![next_id, group[0].0, group.len() as i64, now_ms(), encode_block(&bodies)],
             )
             .map_err(err)?;
-            tx.execute(
-                "DELETE FROM dead_letters WHERE dest = ?1 AND id = ?2",
-                params![dest, old_id],
-            )
-            .map_err(err)?;
+            next_id += group.len() as i64;
+            for (dest, old_id, _) in group {
+                tx.execute(
+                    "DELETE FROM dead_letters WHERE dest = ?1 AND id = ?2",
+                    params![dest, old_id],
+                )
+                .map_err(err)?;
+            }
         }
         tx.commit().map_err(err)?;
         Ok(rows.len())
@@ -810,14 +1219,11 @@ impl DeadLetterStore {
 
     /// Events still waiting for delivery, per destination.
     pub fn pending(&self) -> Result<Vec<(String, u64)>, SpoolError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT dest, count(*) FROM events GROUP BY dest ORDER BY dest")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        Ok(pending_by_destination(&self.conn)
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .map(|(dest, _, n)| (dest, n))
+            .collect())
     }
 }
 
@@ -1021,6 +1427,225 @@ mod tests {
             assert_eq!(dlq.purge(None, Some(3)).unwrap(), 1);
             assert!(dlq.list(None, 10).unwrap().is_empty());
         });
+    }
+
+    fn bodies(range: std::ops::Range<u32>) -> Vec<Bytes> {
+        range.map(|i| Bytes::from(format!("event-{i}"))).collect()
+    }
+
+    async fn append(spool: &Spool, dest: &str, events: Vec<Bytes>) -> Vec<u64> {
+        let bytes = events.iter().map(|b| b.len() as u64).sum();
+        let r = spool.reserve(dest, bytes).unwrap();
+        spool
+            .append(vec![(dest.into(), events)], 7, vec![r])
+            .await
+            .unwrap()
+            .remove(0)
+    }
+
+    fn rows(path: &Path, sql: &str) -> i64 {
+        open_connection(path)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn ids_of(records: &[UserRecord]) -> Vec<u64> {
+        records.iter().map(|r| r.id).collect()
+    }
+
+    fn big_limits() -> Limits {
+        Limits {
+            fsync: true,
+            max_bytes: 1 << 30,
+            max_bytes_per_destination: 1 << 30,
+        }
+    }
+
+    #[test]
+    fn an_append_is_one_row_and_reads_resume_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.sqlite");
+        rt().block_on(async {
+            let spool = Spool::open(&path, big_limits()).unwrap();
+            let ids = append(&spool, "a", bodies(0..150)).await;
+            assert_eq!(ids, (1..=150).collect::<Vec<_>>());
+            assert_eq!(append(&spool, "b", bodies(0..3)).await, [151, 152, 153]);
+            assert_eq!(append(&spool, "a", bodies(150..160)).await.len(), 10);
+            assert_eq!(rows(&path, "SELECT count(*) FROM blocks"), 3);
+
+            let reader = spool.reader("a").unwrap();
+            let first = reader.read_after(0, 100).unwrap();
+            assert_eq!(ids_of(&first), (1..=100).collect::<Vec<_>>());
+            assert_eq!(&first[99].json[..], b"event-99");
+            // Continues inside the block, then into the next one of this destination.
+            let second = reader.read_after(100, 100).unwrap();
+            assert_eq!(
+                ids_of(&second),
+                (101..=150).chain(154..=163).collect::<Vec<_>>()
+            );
+            assert_eq!(&second[50].json[..], b"event-150");
+            assert!(reader.read_after(163, 100).unwrap().is_empty());
+            // A fresh reader (a restarted lane) resumes in the middle of a block too.
+            let fresh = spool.reader("a").unwrap();
+            assert_eq!(
+                ids_of(&fresh.read_after(120, 5).unwrap()),
+                [121, 122, 123, 124, 125]
+            );
+        });
+    }
+
+    #[test]
+    fn partly_acked_blocks_survive_a_restart_without_redelivery_and_go_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.sqlite");
+        rt().block_on(async {
+            let spool = Spool::open(&path, big_limits()).unwrap();
+            append(&spool, "a", bodies(0..100)).await; // ids 1..=100
+            append(&spool, "a", bodies(0..100)).await; // ids 101..=200
+                                                       // Out of order, across the two blocks, and one ack twice.
+            spool.ack("a".into(), (91..=110).collect(), 20 * 8);
+            spool.ack("a".into(), (1..=10).collect(), 10 * 7);
+            spool.sync().await;
+            assert_eq!(spool.events("a"), 170);
+            spool.ack("a".into(), (5..=6).collect(), 0);
+            spool.sync().await;
+            assert_eq!(rows(&path, "SELECT count(*) FROM blocks"), 2);
+            assert_eq!(
+                rows(&path, "SELECT sum(done) FROM block_done"),
+                30,
+                "an event acked twice is done once"
+            );
+        });
+        rt().block_on(async {
+            let spool = Spool::open(&path, big_limits()).unwrap();
+            assert_eq!(
+                spool.events("a"),
+                170,
+                "recounted at open, done events excluded"
+            );
+            let pending: u64 = bodies(10..90)
+                .iter()
+                .chain(&bodies(10..100))
+                .map(|b| b.len() as u64)
+                .sum();
+            assert_eq!(spool.bytes("a").0, pending);
+            let got = spool.reader("a").unwrap().read_after(0, 1000).unwrap();
+            assert_eq!(
+                ids_of(&got),
+                (11..=90).chain(111..=200).collect::<Vec<_>>(),
+                "acked events are not delivered again"
+            );
+            spool.ack("a".into(), (11..=90).collect(), 0);
+            spool.sync().await;
+            assert_eq!(
+                rows(&path, "SELECT count(*) FROM blocks"),
+                1,
+                "first block complete"
+            );
+            assert_eq!(rows(&path, "SELECT count(*) FROM block_done"), 1);
+            spool.ack("a".into(), (111..=200).collect(), 0);
+            spool.sync().await;
+            assert_eq!(rows(&path, "SELECT count(*) FROM blocks"), 0);
+            assert_eq!(rows(&path, "SELECT count(*) FROM block_done"), 0);
+        });
+    }
+
+    #[test]
+    fn a_dead_letter_from_the_middle_of_a_block_keeps_the_rest_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.sqlite");
+        rt().block_on(async {
+            let spool = Spool::open(&path, big_limits()).unwrap();
+            append(&spool, "a", bodies(0..10)).await;
+            let info = DeadLetterInfo {
+                reason: "partner answered 400".into(),
+                status: Some(400),
+                attempts: 1,
+                first_attempt_ms: 1,
+                last_attempt_ms: 2,
+                request_id: "r".into(),
+            };
+            spool
+                .dead_letter("a".into(), vec![4, 5], 16, info)
+                .await
+                .unwrap();
+            let dlq = DeadLetterStore::open(&path).unwrap();
+            let dead = dlq.list(None, 10).unwrap();
+            assert_eq!(dead.iter().map(|d| d.id).collect::<Vec<_>>(), [4, 5]);
+            assert_eq!(dead[0].body, Bytes::from_static(b"event-3"));
+            assert_eq!(dead[0].accepted_at_ms, 7);
+            assert_eq!(dlq.pending().unwrap(), [("a".to_string(), 8)]);
+        });
+        rt().block_on(async {
+            let spool = Spool::open(&path, big_limits()).unwrap();
+            let got = spool.reader("a").unwrap().read_after(0, 100).unwrap();
+            assert_eq!(ids_of(&got), [1, 2, 3, 6, 7, 8, 9, 10]);
+        });
+    }
+
+    #[test]
+    fn a_version_1_spool_is_migrated_with_its_events_and_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+                 INSERT INTO meta VALUES ('schema', 1), ('next_id', 43);
+                 CREATE TABLE events (dest TEXT NOT NULL, id INTEGER NOT NULL, accepted_at INTEGER NOT NULL,
+                     body BLOB NOT NULL, PRIMARY KEY (dest, id)) WITHOUT ROWID;
+                 INSERT INTO events VALUES ('a', 40, 5, x'6f6e65'), ('a', 42, 6, x'74776f'), ('b', 41, 5, x'78');",
+            )
+            .unwrap();
+        }
+        rt().block_on(async {
+            let spool = Spool::open(&path, big_limits()).unwrap();
+            assert_eq!(spool.events("a"), 2);
+            assert_eq!(spool.bytes("a").0, 6);
+            let got = spool.reader("a").unwrap().read_after(0, 10).unwrap();
+            assert_eq!(ids_of(&got), [40, 42]);
+            assert_eq!((&got[1].json[..], got[1].accepted_at_ms), (&b"two"[..], 6));
+            assert_eq!(append(&spool, "b", bodies(0..1)).await, [43]);
+        });
+        assert_eq!(
+            rows(&path, "SELECT value FROM meta WHERE key = 'schema'"),
+            SCHEMA
+        );
+        assert_eq!(
+            rows(
+                &path,
+                "SELECT count(*) FROM sqlite_master WHERE name = 'events'"
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn block_bodies_round_trip_and_malformed_ones_are_refused() {
+        let events = vec![
+            Bytes::new(),
+            Bytes::from_static(b"x"),
+            bodies(0..1).remove(0),
+        ];
+        let body = Bytes::from(encode_block(&events));
+        assert_eq!(decode_block(&body, 3).unwrap(), events);
+        assert!(decode_block(&body, 2).is_none(), "count must match");
+        assert!(
+            decode_block(&body.slice(..body.len() - 1), 3).is_none(),
+            "truncated"
+        );
+        assert!(decode_block(&Bytes::from_static(&[9, 0, 0, 0, 1]), 1).is_none());
+        let mut bits = DoneBits::new(70);
+        bits.mark(69);
+        bits.mark(69);
+        bits.mark(0);
+        assert_eq!(bits.done, 2);
+        assert_eq!(
+            DoneBits::from_stored(70, &bits.stored()),
+            Some(bits.clone())
+        );
+        assert!(DoneBits::from_stored(200, &bits.stored()).is_none());
     }
 
     #[test]
