@@ -107,6 +107,16 @@ pub struct BenchReport {
     /// CPU seconds per million users the ceiling run used (mock + pre-built sender, this
     /// process): the ceiling saturates the same cores the daemon must share with the mock.
     pub ceiling_cpu_s_per_million_users: Option<f64>,
+    /// CPU seconds per million users to parse, render and compress the users once (the
+    /// ceiling does this before it starts the clock; the daemon must do it while it runs).
+    pub prebuild_cpu_s_per_million_users: Option<f64>,
+    /// Share of all cores the ceiling run kept busy (1.0: it was bound by CPU, not network).
+    pub ceiling_cores_busy: Option<f64>,
+    /// The highest ratio to the ceiling this machine allows when the ceiling is bound by CPU
+    /// shared with the daemon: ceiling CPU / (ceiling CPU + pre-build CPU). The daemon must do
+    /// at least the ceiling's work and the pre-build's on the same cores (and more: intake,
+    /// spool, load generator). `None` when the ceiling left cores idle (< 0.9 busy).
+    pub ratio_bound: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -361,7 +371,6 @@ max_in_flight = {conc}
     let ceiling = if opts.ceiling {
         mock.state.reset();
         let c = ceiling(opts, &work, &mock, &secret).await?;
-        let c = (c.0, c.1);
         let s = mock.state.stats();
         if s.unique_users != opts.users || s.users_digest != expected {
             return Err(err(
@@ -376,6 +385,7 @@ max_in_flight = {conc}
 
     let secs = run.seconds.max(1e-9);
     let users_per_sec = opts.users as f64 / secs;
+    let per_million = |cpu_s: f64| round(cpu_s / opts.users as f64 * 1e6, 2);
     Ok(BenchReport {
         mode: opts.mode,
         users: opts.users,
@@ -395,9 +405,17 @@ max_in_flight = {conc}
         daemon_peak_rss_mb: round(run.peak_rss as f64 / 1e6, 1),
         verified,
         duplicates,
-        ceiling_users_per_sec: ceiling.map(|c| round(c.0, 0)),
-        ratio_to_ceiling: ceiling.map(|c| round(users_per_sec / c.0, 2)),
-        ceiling_cpu_s_per_million_users: ceiling.map(|c| round(c.1 / opts.users as f64 * 1e6, 2)),
+        ceiling_users_per_sec: ceiling.as_ref().map(|c| round(c.users_per_sec, 0)),
+        ratio_to_ceiling: ceiling
+            .as_ref()
+            .map(|c| round(users_per_sec / c.users_per_sec, 2)),
+        ceiling_cpu_s_per_million_users: ceiling.as_ref().map(|c| per_million(c.cpu_s)),
+        prebuild_cpu_s_per_million_users: ceiling.as_ref().map(|c| per_million(c.prebuild_cpu_s)),
+        ceiling_cores_busy: ceiling.as_ref().map(|c| round(c.cores_busy(), 2)),
+        ratio_bound: ceiling
+            .as_ref()
+            .filter(|c| c.cores_busy() >= 0.9)
+            .map(|c| round(c.cpu_s / (c.cpu_s + c.prebuild_cpu_s), 2)),
     })
 }
 
@@ -659,12 +677,29 @@ async fn batch(
 
 /// The same users, the same request shape, built and compressed in advance, sent by
 /// `concurrency` tasks over one pooled TLS client: what the network and the mock can take.
+/// What the ceiling run measured.
+struct Ceiling {
+    users_per_sec: f64,
+    seconds: f64,
+    /// CPU of this process (mock + sender) while sending.
+    cpu_s: f64,
+    /// CPU to parse, render and compress every request beforehand (one thread).
+    prebuild_cpu_s: f64,
+}
+
+impl Ceiling {
+    fn cores_busy(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        self.cpu_s / (self.seconds.max(1e-9) * cores)
+    }
+}
+
 async fn ceiling(
     opts: &BenchOptions,
     work: &Workload,
     mock: &MockPartner,
     secret: &str,
-) -> Result<(f64, f64), BenchError> {
+) -> Result<Ceiling, BenchError> {
     let builder = RequestBuilder::new(
         mock.publish_url().parse().map_err(err)?,
         Method::POST,
@@ -677,6 +712,7 @@ async fn ceiling(
         },
     );
     let now = jiff::Timestamp::now();
+    let prebuild0 = proc_usage(std::process::id()).map_or(0.0, |u| u.0);
     let mut requests: Vec<PreparedRequest> = Vec::new();
     let mut line = Vec::new();
     let mut users = Vec::with_capacity(opts.users_per_request);
@@ -690,6 +726,7 @@ async fn ceiling(
             users.clear();
         }
     }
+    let prebuild_cpu_s = proc_usage(std::process::id()).map_or(0.0, |u| u.0) - prebuild0;
     let http = HttpClient::new(&ClientOptions {
         ca_file: Some(&mock.ca_file),
         connect_timeout: Duration::from_secs(5),
@@ -752,7 +789,12 @@ async fn ceiling(
     while let Some(r) = tasks.join_next().await {
         r.map_err(err)?.map_err(err)?;
     }
-    let rate = opts.users as f64 / started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64();
     let cpu1 = proc_usage(std::process::id()).map_or(0.0, |u| u.0);
-    Ok((rate, cpu1 - cpu0))
+    Ok(Ceiling {
+        users_per_sec: opts.users as f64 / seconds,
+        seconds,
+        cpu_s: cpu1 - cpu0,
+        prebuild_cpu_s,
+    })
 }

@@ -105,6 +105,9 @@ enum Command {
 /// Commands applied in one transaction at most.
 const GROUP_COMMIT_MAX: usize = 512;
 
+/// How long the writer waits for more acks when it has nothing but acks to commit.
+const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// The spool. Cheap to share (`Arc`).
 pub struct Spool {
     path: PathBuf,
@@ -651,6 +654,19 @@ fn row_to_block(r: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
 }
 
 impl SpoolReader {
+    /// Events after `after` from the block the last read stopped inside, without touching
+    /// the file (so without a blocking call); `None` when that block does not hold them.
+    pub fn read_cached(&self, after: u64, limit: usize) -> Option<Vec<UserRecord>> {
+        let mut current = self.current.try_lock().ok()?;
+        let block = current.as_ref().filter(|b| b.covers(after + 1))?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let last = block.take(after, limit, &mut out);
+        if !block.covers(last + 1) {
+            *current = None;
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
     /// Up to `limit` events with id greater than `after`, oldest first (blocking).
     pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<UserRecord>, SpoolError> {
         let err = |e| store_err(&self.path, e);
@@ -708,6 +724,7 @@ impl SpoolReader {
 fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, fsync: bool) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut progress = Progress::default();
+    let mut synchronous = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < GROUP_COMMIT_MAX {
@@ -716,11 +733,29 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, fsy
                 Err(_) => break,
             }
         }
+        // Nobody waits for acks: gather them a little longer, so a busy lane's acks share
+        // one transaction. Anything else (an append, a dead letter, a sync) ends the wait.
+        if batch.iter().all(|c| matches!(c, Command::Ack { .. })) {
+            let until = std::time::Instant::now() + ACK_LINGER;
+            while batch.len() < GROUP_COMMIT_MAX {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(c) => {
+                        let ack = matches!(c, Command::Ack { .. });
+                        batch.push(c);
+                        if !ack {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         let durable = fsync
             && batch
                 .iter()
                 .any(|c| matches!(c, Command::Append { .. } | Command::DeadLetter { .. }));
-        match apply(&mut conn, &mut progress, &batch, durable) {
+        match apply(&mut conn, &mut progress, &mut synchronous, &batch, durable) {
             Ok(ids) => {
                 let mut ids = ids.into_iter();
                 for cmd in batch.drain(..) {
@@ -894,14 +929,19 @@ impl Progress {
 fn apply(
     conn: &mut Connection,
     progress: &mut Progress,
+    synchronous: &mut Option<bool>,
     batch: &[Command],
     durable: bool,
 ) -> Result<Vec<Vec<Vec<u64>>>, SpoolError> {
     let path = conn.path().map(PathBuf::from).unwrap_or_default();
     let err = |e: rusqlite::Error| store_err(&path, e);
     // Acks alone need no fsync; anything we answer callers about does.
-    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })
-        .map_err(err)?;
+    if *synchronous != Some(durable) {
+        *synchronous = None;
+        conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })
+            .map_err(err)?;
+        *synchronous = Some(durable);
+    }
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(err)?;
@@ -912,7 +952,11 @@ fn apply(
             _ => 0,
         })
         .sum();
-    let mut next_id = take_ids(&tx, wanted).map_err(err)?;
+    let mut next_id = if wanted > 0 {
+        take_ids(&tx, wanted).map_err(err)?
+    } else {
+        0
+    };
     let mut appended = Vec::new();
     let mut touched = Vec::new();
     {

@@ -229,22 +229,28 @@ async fn run(
                 }
                 rows
             }
-            Feed::Spool(reader) => {
-                let r = reader.clone();
-                match tokio::task::spawn_blocking(move || r.read_after(cursor, read_limit)).await {
-                    Ok(Ok(rows)) => rows,
-                    Ok(Err(e)) => {
-                        tracing::error!(destination = %lane.name, error = %e, "reading the spool failed; retrying in 1 s");
-                        tokio::time::sleep(IDLE_POLL).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(destination = %lane.name, error = %e, "spool reader task failed");
-                        tokio::time::sleep(IDLE_POLL).await;
-                        continue;
+            Feed::Spool(reader) => match reader.read_cached(cursor, read_limit) {
+                // Inside the block read last: no blocking call needed.
+                Some(rows) => rows,
+                None => {
+                    let r = reader.clone();
+                    match tokio::task::spawn_blocking(move || r.read_after(cursor, read_limit))
+                        .await
+                    {
+                        Ok(Ok(rows)) => rows,
+                        Ok(Err(e)) => {
+                            tracing::error!(destination = %lane.name, error = %e, "reading the spool failed; retrying in 1 s");
+                            tokio::time::sleep(IDLE_POLL).await;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(destination = %lane.name, error = %e, "spool reader task failed");
+                            tokio::time::sleep(IDLE_POLL).await;
+                            continue;
+                        }
                     }
                 }
-            }
+            },
         };
         if let Some(last) = rows.last() {
             cursor = last.id;
