@@ -12,8 +12,16 @@
 //! advanced inside each write transaction, so ids stay unique even when another process
 //! (`irisd dlq replay`) writes too.
 //!
+//! Events are stored in **blocks**: one row per intake request and destination, holding its
+//! events (consecutive ids) length-prefixed. Readers hand out slices of a block without
+//! copying. An acknowledgement marks its events in the block's bit set (`block_done`, written
+//! in the same transaction); the block's rows are deleted once every event in it is delivered
+//! or dead-lettered. So the per-event cost is a bit, not a B-tree insert and delete, and a
+//! restart redelivers exactly what was not acknowledged (schema 2; schema-1 spools, a row per
+//! event, are migrated at open).
+//!
 //! The spool is bounded: bytes per destination and in total are accounted in memory (recomputed
-//! from the table at open); an append that would pass a bound is refused and the intake answers
+//! from the blocks at open); an append that would pass a bound is refused and the intake answers
 //! 503 with `Retry-After`.
 
 use std::collections::HashMap;
@@ -104,9 +112,6 @@ enum Command {
 
 /// Commands applied in one transaction at most.
 const GROUP_COMMIT_MAX: usize = 512;
-
-/// The writer connection's page cache, in KiB (SQLite's `cache_size` takes KiB as negative).
-const WRITER_CACHE_KIB: i64 = -16 * 1024;
 
 /// How long the writer waits for more acks when it has nothing but acks to commit.
 const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
@@ -358,10 +363,6 @@ impl Spool {
                 .map_err(|e| store_err(path, format!("cannot create its directory: {e}")))?;
         }
         let conn = open_connection(path)?;
-        // The writer deletes blocks soon after writing them: a page cache that holds the
-        // blocks in flight spares re-reading their overflow pages from the WAL to free them.
-        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
-            .map_err(|e| store_err(path, e))?;
         // Quick structural check: a damaged file is reported now, with its path, not later.
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))

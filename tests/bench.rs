@@ -55,6 +55,20 @@ fn realtime_bench_delivers_verifies_and_measures_the_ceiling() {
     positive(&r, "latency_p99_ms");
     positive(&r, "daemon_cpu_s_per_million_users");
     positive(&r, "daemon_peak_rss_mb");
+    // The bound on the ratio: stated only when the ceiling kept the cores busy, and then it
+    // is the ceiling's CPU over the ceiling's plus the pre-build's.
+    let busy = positive(&r, "ceiling_cores_busy");
+    let ceiling_cpu = r["ceiling_cpu_s_per_million_users"].as_f64().unwrap();
+    let prebuild_cpu = r["prebuild_cpu_s_per_million_users"].as_f64().unwrap();
+    assert!(prebuild_cpu >= 0.0, "{r}");
+    match r["ratio_bound"].as_f64() {
+        Some(bound) => {
+            assert!(busy >= 0.9, "{r}");
+            let expected = ceiling_cpu / (ceiling_cpu + prebuild_cpu);
+            assert!((bound - expected).abs() < 0.02 && bound <= 1.0, "{r}");
+        }
+        None => assert!(busy < 0.9, "{r}"),
+    }
 }
 
 #[test]
@@ -77,6 +91,7 @@ fn batch_bench_without_gzip_or_fsync() {
     assert_eq!(r["durable"], false);
     assert_eq!(r["mb_per_sec_sent"], r["mb_per_sec_raw"], "no gzip: {r}");
     assert!(r["ceiling_users_per_sec"].is_null());
+    assert!(r["ratio_bound"].is_null() && r["prebuild_cpu_s_per_million_users"].is_null());
     assert!(
         r["latency_p50_ms"].is_null(),
         "no intake latency in batch mode"
