@@ -113,6 +113,9 @@ enum Command {
 /// Commands applied in one transaction at most.
 const GROUP_COMMIT_MAX: usize = 512;
 
+/// The writer connection's page cache, in KiB (SQLite's `cache_size` takes KiB as negative).
+const WRITER_CACHE_KIB: i64 = -16 * 1024;
+
 /// How long the writer waits for more acks when it has nothing but acks to commit.
 const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -363,6 +366,10 @@ impl Spool {
                 .map_err(|e| store_err(path, format!("cannot create its directory: {e}")))?;
         }
         let conn = open_connection(path)?;
+        // The writer deletes blocks soon after writing them: a page cache that holds the
+        // blocks in flight spares re-reading their overflow pages from the WAL to free them.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
+            .map_err(|e| store_err(path, e))?;
         // Quick structural check: a damaged file is reported now, with its path, not later.
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
