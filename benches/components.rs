@@ -146,6 +146,7 @@ fn spool(c: &mut Criterion) {
     let dest: Arc<str> = "bench".into();
     let bodies: Vec<Bytes> = (0..EVENTS).map(event).collect();
     let bytes: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+    let block = irisd::spool::EventBlock::from_bodies(&bodies);
     for fsync in [true, false] {
         let spool = Spool::open(
             &dir.path().join(format!("spool-{fsync}.sqlite")),
@@ -164,7 +165,7 @@ fn spool(c: &mut Criterion) {
                 rt.block_on(async {
                     let r = spool.reserve(&dest, bytes).unwrap();
                     spool
-                        .append(vec![(dest.clone(), bodies.clone())], 0, vec![r])
+                        .append(vec![(dest.clone(), block.clone())], 0, vec![r])
                         .await
                         .unwrap()
                 })
@@ -180,7 +181,7 @@ fn spool(c: &mut Criterion) {
                     rt.block_on(async {
                         let r = spool.reserve(&dest, bytes).unwrap();
                         spool
-                            .append(vec![(dest.clone(), bodies.clone())], 0, vec![r])
+                            .append(vec![(dest.clone(), block.clone())], 0, vec![r])
                             .await
                             .unwrap();
                     });

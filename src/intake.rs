@@ -18,9 +18,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::delivery::lane::LaneHandle;
-use crate::payload::{render_user, IntakeEvent, UserRecord};
+use crate::payload::{render_user_into, IntakeEvent};
 use crate::server::{error_response, json_response};
-use crate::spool::{now_ms, Spool, SpoolError};
+use crate::spool::{now_ms, EventBlock, Spool, SpoolError};
 
 /// Seconds a producer is asked to wait when the spool is full.
 const RETRY_AFTER_SECS: &str = "1";
@@ -141,14 +141,14 @@ impl Intake {
     async fn store(
         &self,
         lanes: &HashMap<String, LaneHandle>,
-        batches: HashMap<String, Vec<UserRecord>>,
+        batches: HashMap<String, EventBlock>,
     ) -> Response<Full<Bytes>> {
         let mut reservations = Vec::with_capacity(batches.len());
         let mut items = Vec::with_capacity(batches.len());
         let mut total = 0u64;
-        for (name, records) in batches {
+        for (name, block) in batches {
             let lane = &lanes[&name];
-            let bytes: u64 = records.iter().map(|r| r.json.len() as u64).sum();
+            let bytes = block.event_bytes();
             match self.spool.reserve(&name, bytes) {
                 Ok(r) => reservations.push(r),
                 Err(e @ SpoolError::Full { .. }) => {
@@ -158,11 +158,8 @@ impl Intake {
                 }
                 Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
-            total += records.len() as u64;
-            items.push((
-                lane.name.clone(),
-                records.into_iter().map(|r| r.json).collect::<Vec<_>>(),
-            ));
+            total += block.len() as u64;
+            items.push((lane.name.clone(), block));
         }
         if items.is_empty() {
             return json_response(StatusCode::ACCEPTED, &serde_json::json!({ "accepted": 0 }));
@@ -202,8 +199,8 @@ fn parse_ndjson(
     body: &[u8],
     lanes: &HashMap<String, LaneHandle>,
     now: jiff::Timestamp,
-) -> Result<HashMap<String, Vec<UserRecord>>, (StatusCode, String)> {
-    let mut out: HashMap<String, Vec<UserRecord>> = HashMap::new();
+) -> Result<HashMap<String, EventBlock>, (StatusCode, String)> {
+    let mut out: HashMap<String, EventBlock> = HashMap::new();
     for (i, line) in body.split(|&b| b == b'\n').enumerate() {
         let n = i + 1;
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -229,24 +226,25 @@ fn parse_ndjson(
                 ),
             ));
         };
-        let record = render_user(&ev, now)
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("line {n}: {e}")))?;
-        if record.json.len() > lane.max_record_bytes {
+        // Rendered straight into the destination's block: the spool stores it as it is.
+        let block = match out.get_mut(ev.destination.as_ref()) {
+            Some(b) => b,
+            None => out.entry(ev.destination.to_string()).or_default(),
+        };
+        let record_len = block
+            .push_with(|buf| render_user_into(&ev, now, buf))
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("line {n}: {e}")))?
+            .len();
+        if record_len > lane.max_record_bytes {
             return Err((
                 StatusCode::BAD_REQUEST,
                 format!(
                     "line {n}: field `segments`: the user's record is {} bytes, more than one request to {:?} may carry ({} bytes, publish.max_bytes)",
-                    record.json.len(),
+                    record_len,
                     ev.destination,
                     lane.max_record_bytes
                 ),
             ));
-        }
-        match out.get_mut(ev.destination.as_ref()) {
-            Some(v) => v.push(record),
-            None => {
-                out.insert(ev.destination.into_owned(), vec![record]);
-            }
         }
     }
     Ok(out)

@@ -319,6 +319,17 @@ fn write_user_head(out: &mut Vec<u8>, aam_uuid: &str, data_partner_uuid: &str) {
 
 /// Validates an intake event and renders its `Users` entry. `now` stands in for absent times.
 pub fn render_user(ev: &IntakeEvent<'_>, now: Timestamp) -> Result<UserRecord, FieldError> {
+    let mut out = Vec::with_capacity(64 + ev.data_partner_uuid.len() + ev.segments.len() * 80);
+    render_user_into(ev, now, &mut out)?;
+    Ok(UserRecord::new(Bytes::from(out)))
+}
+
+/// [`render_user`] appended to `out` (on error, `out` may hold part of it).
+pub fn render_user_into(
+    ev: &IntakeEvent<'_>,
+    now: Timestamp,
+    out: &mut Vec<u8>,
+) -> Result<(), FieldError> {
     check_user_ids(&ev.aam_uuid, &ev.data_partner_uuid)?;
     if ev.segments.is_empty() {
         return Err(field_err("segments", "must list at least one segment"));
@@ -330,8 +341,7 @@ pub fn render_user(ev: &IntakeEvent<'_>, now: Timestamp) -> Result<UserRecord, F
         ));
     }
     // Rendered in one buffer: the ids, then each segment as it is validated.
-    let mut out = Vec::with_capacity(64 + ev.data_partner_uuid.len() + ev.segments.len() * 80);
-    write_user_head(&mut out, &ev.aam_uuid, &ev.data_partner_uuid);
+    write_user_head(out, &ev.aam_uuid, &ev.data_partner_uuid);
     for (i, seg) in ev.segments.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -342,11 +352,11 @@ pub fn render_user(ev: &IntakeEvent<'_>, now: Timestamp) -> Result<UserRecord, F
             seg.time.as_deref(),
             now,
             Some(i),
-            &mut out,
+            out,
         )?;
     }
     out.extend_from_slice(b"]}");
-    Ok(UserRecord::new(Bytes::from(out)))
+    Ok(())
 }
 
 fn write_json_str(out: &mut Vec<u8>, s: &str) {

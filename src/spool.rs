@@ -92,7 +92,7 @@ pub struct Limits {
 enum Command {
     /// Events of several destinations, written together or not at all.
     Append {
-        items: Vec<(Arc<str>, Vec<Bytes>)>,
+        items: Vec<(Arc<str>, EventBlock)>,
         accepted_at_ms: i64,
         reply: oneshot::Sender<Result<Vec<Vec<u64>>, SpoolError>>,
     },
@@ -282,14 +282,75 @@ fn pending_by_destination(conn: &Connection) -> rusqlite::Result<Vec<(String, u6
     Ok(totals.into_iter().map(|(d, (b, n))| (d, b, n)).collect())
 }
 
-/// A block's body: each event as its length (u32, little endian) followed by its bytes.
-fn encode_block(bodies: &[Bytes]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bodies.iter().map(|b| 4 + b.len()).sum());
-    for b in bodies {
-        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        out.extend_from_slice(b);
+/// Events of one destination as the spool stores them in one row: each event's length (u32,
+/// little endian) followed by its bytes. The intake renders events straight into it, so an
+/// event costs no allocation of its own between the request and the disk.
+#[derive(Debug, Default, Clone)]
+pub struct EventBlock {
+    body: Vec<u8>,
+    count: usize,
+}
+
+impl EventBlock {
+    pub fn new() -> Self {
+        Self::default()
     }
-    out
+
+    /// A block of these events.
+    pub fn from_bodies(bodies: &[Bytes]) -> Self {
+        let mut block = Self {
+            body: Vec::with_capacity(bodies.iter().map(|b| 4 + b.len()).sum()),
+            count: 0,
+        };
+        for b in bodies {
+            block.push(b);
+        }
+        block
+    }
+
+    pub fn push(&mut self, event: &[u8]) {
+        self.body
+            .extend_from_slice(&(event.len() as u32).to_le_bytes());
+        self.body.extend_from_slice(event);
+        self.count += 1;
+    }
+
+    /// Appends the event `render` writes; returns it (as written in the block). If `render`
+    /// fails, the block is left as it was.
+    pub fn push_with<E>(
+        &mut self,
+        render: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<&[u8], E> {
+        let at = self.body.len();
+        self.body.extend_from_slice(&[0; 4]);
+        if let Err(e) = render(&mut self.body) {
+            self.body.truncate(at);
+            return Err(e);
+        }
+        let len = (self.body.len() - at - 4) as u32;
+        self.body[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        self.count += 1;
+        Ok(&self.body[at + 4..])
+    }
+
+    /// Events in the block.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of the events themselves (what the spool's bounds count).
+    pub fn event_bytes(&self) -> u64 {
+        (self.body.len() - 4 * self.count) as u64
+    }
+}
+
+/// A block's body holding these events.
+fn encode_block(bodies: &[Bytes]) -> Vec<u8> {
+    EventBlock::from_bodies(bodies).body
 }
 
 /// A block's events (slices of `body`, no copies); `None` unless it holds exactly `count`.
@@ -491,7 +552,7 @@ impl Spool {
     /// must cover the bodies' bytes; they become the events' accounting.
     pub async fn append(
         &self,
-        items: Vec<(Arc<str>, Vec<Bytes>)>,
+        items: Vec<(Arc<str>, EventBlock)>,
         accepted_at_ms: i64,
         reservations: Vec<Reservation>,
     ) -> Result<Vec<Vec<u64>>, SpoolError> {
@@ -999,8 +1060,8 @@ fn apply(
                     ..
                 } => {
                     let mut per_destination = Vec::with_capacity(items.len());
-                    for (destination, bodies) in items {
-                        if bodies.is_empty() {
+                    for (destination, block) in items {
+                        if block.is_empty() {
                             per_destination.push(Vec::new());
                             continue;
                         }
@@ -1008,14 +1069,14 @@ fn apply(
                             .execute(params![
                                 next_id,
                                 &**destination,
-                                bodies.len() as i64,
+                                block.len() as i64,
                                 accepted_at_ms,
-                                encode_block(bodies)
+                                &block.body
                             ])
                             .map_err(err)?;
                         let first = next_id as u64;
-                        per_destination.push((first..first + bodies.len() as u64).collect());
-                        next_id += bodies.len() as i64;
+                        per_destination.push((first..first + block.len() as u64).collect());
+                        next_id += block.len() as i64;
                     }
                     appended.push(per_destination);
                 }
@@ -1360,7 +1421,10 @@ mod tests {
                 .append(
                     vec![(
                         dest.clone(),
-                        vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")],
+                        EventBlock::from_bodies(&[
+                            Bytes::from_static(b"one"),
+                            Bytes::from_static(b"two"),
+                        ]),
                     )],
                     5,
                     vec![r],
@@ -1387,7 +1451,10 @@ mod tests {
             let r = spool.reserve("a", 1).unwrap();
             let ids = spool
                 .append(
-                    vec![("a".into(), vec![Bytes::from_static(b"x")])],
+                    vec![(
+                        "a".into(),
+                        EventBlock::from_bodies(&[Bytes::from_static(b"x")]),
+                    )],
                     6,
                     vec![r],
                 )
@@ -1433,7 +1500,10 @@ mod tests {
                 .append(
                     vec![(
                         "a".into(),
-                        vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")],
+                        EventBlock::from_bodies(&[
+                            Bytes::from_static(b"1"),
+                            Bytes::from_static(b"2"),
+                        ]),
                     )],
                     1,
                     vec![r],
@@ -1496,7 +1566,11 @@ mod tests {
         let bytes = events.iter().map(|b| b.len() as u64).sum();
         let r = spool.reserve(dest, bytes).unwrap();
         spool
-            .append(vec![(dest.into(), events)], 7, vec![r])
+            .append(
+                vec![(dest.into(), EventBlock::from_bodies(&events))],
+                7,
+                vec![r],
+            )
             .await
             .unwrap()
             .remove(0)
@@ -1695,6 +1769,26 @@ mod tests {
             "truncated"
         );
         assert!(decode_block(&Bytes::from_static(&[9, 0, 0, 0, 1]), 1).is_none());
+        // Rendered in place: a failed render leaves the block as it was.
+        let mut block = EventBlock::new();
+        assert_eq!(
+            block
+                .push_with(|b| Ok::<_, ()>(b.extend_from_slice(b"ab")))
+                .unwrap(),
+            b"ab"
+        );
+        assert!(block
+            .push_with(|b| {
+                b.extend_from_slice(b"half");
+                Err("bad")
+            })
+            .is_err());
+        block.push(b"cde");
+        assert_eq!((block.len(), block.event_bytes()), (2, 5));
+        assert_eq!(
+            decode_block(&Bytes::from(block.body), 2).unwrap(),
+            [Bytes::from_static(b"ab"), Bytes::from_static(b"cde")]
+        );
         let mut bits = DoneBits::new(70);
         bits.mark(69);
         bits.mark(69);
