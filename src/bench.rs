@@ -107,15 +107,17 @@ pub struct BenchReport {
     /// CPU seconds per million users the ceiling run used (mock + pre-built sender, this
     /// process): the ceiling saturates the same cores the daemon must share with the mock.
     pub ceiling_cpu_s_per_million_users: Option<f64>,
-    /// CPU seconds per million users to parse, render and compress the users once (the
-    /// ceiling does this before it starts the clock; the daemon must do it while it runs).
+    /// CPU seconds per million users to parse the NDJSON, render and compress the users once
+    /// (the ceiling does this before it starts the clock; the daemon must do it while it
+    /// runs). Generating the lines is not counted: the load generator does that beforehand.
     pub prebuild_cpu_s_per_million_users: Option<f64>,
     /// Share of all cores the ceiling run kept busy (1.0: it was bound by CPU, not network).
     pub ceiling_cores_busy: Option<f64>,
     /// The highest ratio to the ceiling this machine allows when the ceiling is bound by CPU
-    /// shared with the daemon: ceiling CPU / (ceiling CPU + pre-build CPU). The daemon must do
-    /// at least the ceiling's work and the pre-build's on the same cores (and more: intake,
-    /// spool, load generator). `None` when the ceiling left cores idle (< 0.9 busy).
+    /// shared with the daemon: ceiling CPU / (cores busy × (ceiling CPU + pre-build CPU)).
+    /// The daemon's run must do at least the ceiling's work and the pre-build's on the same
+    /// cores (and more: intake HTTP, spool, load generator). `None` when the ceiling left
+    /// cores idle (< 0.9 busy), where CPU does not bound it.
     pub ratio_bound: Option<f64>,
 }
 
@@ -415,7 +417,7 @@ max_in_flight = {conc}
         ratio_bound: ceiling
             .as_ref()
             .filter(|c| c.cores_busy() >= 0.9)
-            .map(|c| round(c.cpu_s / (c.cpu_s + c.prebuild_cpu_s), 2)),
+            .map(|c| round(c.ratio_bound(), 2)),
     })
 }
 
@@ -683,7 +685,8 @@ struct Ceiling {
     seconds: f64,
     /// CPU of this process (mock + sender) while sending.
     cpu_s: f64,
-    /// CPU to parse, render and compress every request beforehand (one thread).
+    /// CPU to parse, render and compress every request beforehand (one thread; generating
+    /// the NDJSON lines is not counted).
     prebuild_cpu_s: f64,
 }
 
@@ -691,6 +694,14 @@ impl Ceiling {
     fn cores_busy(&self) -> f64 {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         self.cpu_s / (self.seconds.max(1e-9) * cores)
+    }
+
+    /// The ceiling ran at `cores_busy × cores / cpu_s` users per CPU-second of wall time; a
+    /// daemon run needs at least `cpu_s + prebuild_cpu_s` per user on the same cores (the
+    /// same sender and mock, plus parsing, rendering and compressing), so it can reach at
+    /// most this share of the ceiling, even with the cores fully busy.
+    fn ratio_bound(&self) -> f64 {
+        self.cpu_s / (self.cores_busy().max(1e-9) * (self.cpu_s + self.prebuild_cpu_s))
     }
 }
 
@@ -712,9 +723,21 @@ async fn ceiling(
         },
     );
     let now = jiff::Timestamp::now();
-    let prebuild0 = proc_usage(std::process::id()).map_or(0.0, |u| u.0);
-    let mut requests: Vec<PreparedRequest> = Vec::new();
+    let cpu = || proc_usage(std::process::id()).map_or(0.0, |u| u.0);
+    // The pre-build below also generates the NDJSON lines, which in the daemon's run the load
+    // generator did before the clock started: time generating them alone, to subtract it.
+    let generate0 = cpu();
     let mut line = Vec::new();
+    let mut generated = 0usize;
+    for i in 0..opts.users {
+        line.clear();
+        work.ndjson_line(i, &mut line);
+        generated = generated.wrapping_add(line.len());
+    }
+    std::hint::black_box(generated);
+    let generate_cpu_s = cpu() - generate0;
+    let prebuild0 = cpu();
+    let mut requests: Vec<PreparedRequest> = Vec::new();
     let mut users = Vec::with_capacity(opts.users_per_request);
     for i in 0..opts.users {
         line.clear();
@@ -726,7 +749,7 @@ async fn ceiling(
             users.clear();
         }
     }
-    let prebuild_cpu_s = proc_usage(std::process::id()).map_or(0.0, |u| u.0) - prebuild0;
+    let prebuild_cpu_s = (cpu() - prebuild0 - generate_cpu_s).max(0.0);
     let http = HttpClient::new(&ClientOptions {
         ca_file: Some(&mock.ca_file),
         connect_timeout: Duration::from_secs(5),
