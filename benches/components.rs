@@ -50,6 +50,7 @@ fn caches(rt: &tokio::runtime::Runtime, dir: &std::path::Path, n: usize) -> Vec<
             ca_file: Some(&mock.ca_file),
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(5),
+            http2: false,
         })
         .unwrap();
         let mut out = Vec::new();

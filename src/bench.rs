@@ -55,6 +55,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Also measure the ceiling.
     pub ceiling: bool,
+    /// Publish over HTTP/2 (daemon and ceiling).
+    pub http2: bool,
     /// The irisd binary to run as the daemon.
     pub irisd: PathBuf,
 }
@@ -72,6 +74,7 @@ impl Default for BenchOptions {
             mode: Mode::Realtime,
             seed: 1,
             ceiling: true,
+            http2: false,
             irisd: PathBuf::from("irisd"),
         }
     }
@@ -86,6 +89,7 @@ pub struct BenchReport {
     pub gzip_level: u32,
     pub concurrency: usize,
     pub durable: bool,
+    pub http2: bool,
     pub seed: u64,
     pub seconds: f64,
     pub users_per_sec: f64,
@@ -325,6 +329,7 @@ max_users = {upr}
 max_bytes = {max_bytes}
 linger_ms = 20
 max_in_flight = {conc}
+http2 = {http2}
 
 [destination.tls]
 ca_file = "{ca}"
@@ -342,6 +347,7 @@ max_in_flight = {conc}
         upr = opts.users_per_request,
         max_bytes = (opts.users_per_request * 1024).max(1 << 20),
         conc = opts.concurrency,
+        http2 = opts.http2,
         ca = mock.ca_file.display(),
         input = input.display(),
     );
@@ -369,6 +375,7 @@ max_in_flight = {conc}
         )));
     }
     let duplicates = stats.duplicate_users;
+    check_version(opts, &stats, "the daemon's run")?;
 
     let ceiling = if opts.ceiling {
         mock.state.reset();
@@ -379,6 +386,7 @@ max_in_flight = {conc}
                 "ceiling run: the mock did not receive exactly what was sent",
             ));
         }
+        check_version(opts, &s, "the ceiling run")?;
         Some(c)
     } else {
         None
@@ -395,6 +403,7 @@ max_in_flight = {conc}
         gzip_level: opts.gzip_level,
         concurrency: opts.concurrency,
         durable: opts.durable,
+        http2: opts.http2,
         seed: opts.seed,
         seconds: round(secs, 3),
         users_per_sec: round(users_per_sec, 0),
@@ -419,6 +428,22 @@ max_in_flight = {conc}
             .filter(|c| c.cores_busy() >= 0.9)
             .map(|c| round(c.ratio_bound(), 2)),
     })
+}
+
+/// Every publish request came over the HTTP version asked for.
+fn check_version(
+    opts: &BenchOptions,
+    s: &crate::mock::MockStats,
+    run: &str,
+) -> Result<(), BenchError> {
+    let expected = if opts.http2 { s.publish_requests } else { 0 };
+    if s.publish_requests_http2 != expected {
+        return Err(err(format!(
+            "{run}: {} of {} publish requests came over HTTP/2, expected {expected}",
+            s.publish_requests_http2, s.publish_requests
+        )));
+    }
+    Ok(())
 }
 
 fn round(v: f64, digits: i32) -> f64 {
@@ -754,6 +779,7 @@ async fn ceiling(
         ca_file: Some(&mock.ca_file),
         connect_timeout: Duration::from_secs(5),
         pool_idle_timeout: Duration::from_secs(90),
+        http2: opts.http2,
     })
     .map_err(err)?;
     let tokens = crate::oauth::client::TokenClient::new(

@@ -443,6 +443,8 @@ struct RawPublish {
     connect_timeout_ms: u64,
     #[serde(default = "default_max_in_flight")]
     max_in_flight: Spanned<usize>,
+    #[serde(default)]
+    http2: bool,
 }
 
 fn default_method() -> Spanned<String> {
@@ -594,6 +596,8 @@ pub struct PublishConfig {
     /// Statuses that count as delivered; empty = any 2xx.
     pub success_status: Vec<u16>,
     pub pool_idle_timeout: Duration,
+    /// Offer HTTP/2 to the partner (ALPN); HTTP/1.1 if it does not take it.
+    pub http2: bool,
 }
 
 /// `[destination.tls]`.
@@ -1035,6 +1039,7 @@ impl Destination {
                 max_in_flight,
                 success_status,
                 pool_idle_timeout: Duration::from_millis(d.publish.pool_idle_timeout_ms.max(1)),
+                http2: d.publish.http2,
             },
             tls: TlsConfig {
                 ca_file,

@@ -653,6 +653,7 @@ pub fn build_sender(
             ca_file: d.tls.ca_file.as_deref(),
             connect_timeout: d.publish.connect_timeout,
             pool_idle_timeout: d.publish.pool_idle_timeout,
+            http2: d.publish.http2,
         },
         crate::transport::TlsOptions {
             client_cert: d

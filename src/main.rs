@@ -185,6 +185,9 @@ struct BenchArgs {
     /// Skip the ceiling measurement.
     #[arg(long)]
     no_ceiling: bool,
+    /// Publish over HTTP/2 (the destination's `publish.http2`; the ceiling too).
+    #[arg(long)]
+    http2: bool,
 }
 
 impl BenchArgs {
@@ -203,6 +206,7 @@ impl BenchArgs {
             },
             seed: self.seed,
             ceiling: !self.no_ceiling,
+            http2: self.http2,
             irisd: std::env::current_exe().context("locating the irisd binary")?,
         })
     }

@@ -40,6 +40,10 @@ impl Default for ServeLimits {
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streams one HTTP/2 connection may carry at once (a bound per connection, like
+/// `max_connections` for connections).
+const H2_MAX_STREAMS: u32 = 256;
+
 /// Returned by a handler to drop the connection without answering (fault injection).
 #[derive(Debug)]
 pub struct CloseConnection;
@@ -222,9 +226,24 @@ where
                             }
                             Err(_) => return,
                         };
-                        let conn =
-                            watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc));
-                        let _ = conn.await;
+                        // HTTP/2 only where the acceptor offers it (the mock partner) and the
+                        // client chose it in the handshake.
+                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        if h2 {
+                            let mut h2 = hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            );
+                            h2.timer(TokioTimer::new())
+                                .max_header_list_size(limits.max_header_bytes as u32)
+                                .max_concurrent_streams(H2_MAX_STREAMS);
+                            let conn =
+                                watcher.watch(h2.serve_connection(TokioIo::new(tls_stream), svc));
+                            let _ = conn.await;
+                        } else {
+                            let conn = watcher
+                                .watch(builder.serve_connection(TokioIo::new(tls_stream), svc));
+                            let _ = conn.await;
+                        }
                         drop(permit);
                     });
                 }

@@ -1773,7 +1773,10 @@ mod tests {
         let mut block = EventBlock::new();
         assert_eq!(
             block
-                .push_with(|b| Ok::<_, ()>(b.extend_from_slice(b"ab")))
+                .push_with(|b| {
+                    b.extend_from_slice(b"ab");
+                    Ok::<_, ()>(())
+                })
                 .unwrap(),
             b"ab"
         );

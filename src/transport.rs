@@ -60,6 +60,8 @@ pub struct ClientOptions<'a> {
     pub ca_file: Option<&'a Path>,
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// Offer HTTP/2 in the TLS handshake (ALPN); HTTP/1.1 when the server does not take it.
+    pub http2: bool,
 }
 
 /// A pooled HTTPS client. Cheap to clone; clones share the pool.
@@ -231,9 +233,13 @@ impl HttpClient {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             // Plain http is refused by config validation unless the operator opted in.
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+            .https_or_http();
+        let connector = if opts.http2 {
+            // One connection per partner, requests multiplexed on it.
+            connector.enable_all_versions().wrap_connector(http)
+        } else {
+            connector.enable_http1().wrap_connector(http)
+        };
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(opts.pool_idle_timeout)
             .pool_timer(TokioTimer::new())

@@ -97,6 +97,7 @@ pub async fn run(opts: &VerifyOptions) -> Vec<Check> {
         ca_file: opts.ca_file.as_deref(),
         connect_timeout: opts.timeout,
         pool_idle_timeout: Duration::from_secs(30),
+        http2: false,
     }) {
         Ok(h) => h,
         Err(e) => {

@@ -109,3 +109,22 @@ fn bad_options_are_refused_with_the_option_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--users"));
 }
+
+#[test]
+fn http2_is_negotiated_for_the_daemon_and_the_ceiling_when_asked() {
+    // The bench fails unless every publish request of both runs reached the mock over
+    // HTTP/2 (and, in the other tests, over HTTP/1.1 when not asked).
+    let r = bench(&[
+        "--users",
+        "2000",
+        "--users-per-request",
+        "10",
+        "--concurrency",
+        "8",
+        "--http2",
+    ]);
+    assert_eq!(r["http2"], true);
+    assert_eq!(r["verified"], true);
+    assert_eq!(r["duplicates"], 0);
+    positive(&r, "ceiling_users_per_sec");
+}

@@ -271,6 +271,7 @@ fn token_client(url: String) -> TokenClient {
             ca_file: None,
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(2),
+            http2: false,
         })
         .unwrap(),
         url.parse().unwrap(),

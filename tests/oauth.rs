@@ -89,6 +89,7 @@ async fn token_request_is_byte_for_byte_the_iris_request_and_gzip_response_witho
         ca_file: Some(&ca),
         connect_timeout: Duration::from_secs(5),
         pool_idle_timeout: Duration::from_secs(5),
+        http2: false,
     })
     .unwrap();
     let client = TokenClient::new(
@@ -189,6 +190,7 @@ fn token_cache(env: &Env, skew: Option<Duration>) -> (Arc<TokenCache>, Arc<Desti
         ca_file: d.tls.ca_file.as_deref(),
         connect_timeout: Duration::from_secs(5),
         pool_idle_timeout: Duration::from_secs(30),
+        http2: false,
     })
     .unwrap();
     let metrics = Arc::new(DestinationMetrics::default());

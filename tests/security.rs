@@ -243,6 +243,7 @@ async fn intake_over_mutual_tls_serves_certified_clients_only() {
         ca_file: Some(&env.mock.ca_file),
         connect_timeout: Duration::from_secs(5),
         pool_idle_timeout: Duration::from_secs(5),
+        http2: false,
     };
     let (cert, key) = (tls.join("client.pem"), tls.join("client.key"));
     let certified = HttpClient::new_with(

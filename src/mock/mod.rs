@@ -238,6 +238,9 @@ pub struct MockStats {
     /// Token requests refused, by RFC 6749 error code.
     pub token_rejections: BTreeMap<String, u64>,
     pub publish_requests: u64,
+    /// Publish requests that came over HTTP/2 (the rest over HTTP/1.1).
+    #[serde(default)]
+    pub publish_requests_http2: u64,
     pub publish_accepted: u64,
     pub users_accepted: u64,
     pub segments_accepted: u64,
@@ -856,6 +859,9 @@ async fn route(
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, CloseConnection> {
     if req.uri().path() == state.cfg.publish_path {
+        if req.version() == http::Version::HTTP_2 {
+            state.count(|s| s.publish_requests_http2 += 1);
+        }
         let (parts, body) = req.into_parts();
         let body = match read_body(body, state.cfg.max_body_bytes).await {
             Ok(b) => b,

@@ -87,7 +87,8 @@ pub fn load_or_create(
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| err(&cert_path, e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 for clients that offer it (irisd with `publish.http2 = true`), HTTP/1.1 otherwise.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(config), ca_path))
 }
 

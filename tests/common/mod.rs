@@ -209,6 +209,7 @@ pub fn https_client(env: &Env) -> HttpClient {
         ca_file: Some(&env.ca()),
         connect_timeout: Duration::from_secs(5),
         pool_idle_timeout: Duration::from_secs(5),
+        http2: false,
     })
     .unwrap()
 }
