@@ -1,7 +1,9 @@
 //! Properties, checked on generated inputs (proptest): a payload built from any valid users
 //! parses back to exactly those users (plain and gzip'd); the batcher never exceeds
 //! `max_users` or `max_bytes` and never loses, duplicates or reorders a user; the retry delay
-//! always stays within its bounds and never undercuts the partner's `Retry-After`.
+//! always stays within its bounds and never undercuts the partner's `Retry-After`; whatever is
+//! appended to the spool, acknowledged, dead-lettered and reopened, a reader from the start
+//! returns exactly the events not yet done, and the counts and dead letters agree.
 
 use std::time::Duration;
 
@@ -164,5 +166,190 @@ proptest! {
         let d = parse_retry_after(&h, jiff::Timestamp::UNIX_EPOCH).unwrap();
         prop_assert!(d <= MAX_RETRY_AFTER);
         prop_assert_eq!(d, Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The spool: whatever is appended, acknowledged, dead-lettered and reopened, a reader from the
+// start returns exactly the events not yet done, in order, with their bodies.
+// ---------------------------------------------------------------------------------------------
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use irisd::spool::{DeadLetterInfo, DeadLetterStore, EventBlock, Limits, Spool};
+
+#[derive(Debug, Clone)]
+enum SpoolOp {
+    Append {
+        dest: usize,
+        n: usize,
+    },
+    /// Every `stride`-th outstanding event from `start` (a share of the queue), `len` of them.
+    Ack {
+        dest: usize,
+        start: usize,
+        stride: usize,
+        len: usize,
+    },
+    Dead {
+        dest: usize,
+        start: usize,
+        stride: usize,
+        len: usize,
+    },
+    ReadAll {
+        limit: usize,
+    },
+    Reopen,
+}
+
+fn spool_op() -> impl Strategy<Value = SpoolOp> {
+    prop_oneof![
+        3 => (0..2usize, 1..40usize).prop_map(|(dest, n)| SpoolOp::Append { dest, n }),
+        4 => (0..2usize, 0..100usize, 1..4usize, 1..30usize)
+            .prop_map(|(dest, start, stride, len)| SpoolOp::Ack { dest, start, stride, len }),
+        1 => (0..2usize, 0..100usize, 1..4usize, 1..5usize)
+            .prop_map(|(dest, start, stride, len)| SpoolOp::Dead { dest, start, stride, len }),
+        2 => (1..50usize).prop_map(|limit| SpoolOp::ReadAll { limit }),
+        1 => Just(SpoolOp::Reopen),
+    ]
+}
+
+const SPOOL_DESTS: [&str; 2] = ["a", "b"];
+
+fn spool_limits() -> Limits {
+    Limits {
+        fsync: false,
+        max_bytes: 1 << 30,
+        max_bytes_per_destination: 1 << 30,
+    }
+}
+
+/// Reads a destination from the start the way a lane does (inside the last block first).
+fn read_everything(spool: &Spool, dest: &str, limit: usize) -> Vec<(u64, Bytes)> {
+    let reader = spool.reader(dest).unwrap();
+    let (mut cursor, mut out) = (0, Vec::new());
+    loop {
+        let rows = match reader.read_cached(cursor, limit) {
+            Some(rows) => rows,
+            None => reader.read_after(cursor, limit).unwrap(),
+        };
+        assert!(rows.len() <= limit);
+        let Some(last) = rows.last() else {
+            return out;
+        };
+        cursor = last.id;
+        out.extend(rows.into_iter().map(|r| (r.id, r.json)));
+    }
+}
+
+fn pick(queue: &BTreeMap<u64, Bytes>, start: usize, stride: usize, len: usize) -> Vec<u64> {
+    let ids: Vec<u64> = queue.keys().copied().collect();
+    let from = start * ids.len() / 100;
+    ids.into_iter()
+        .skip(from)
+        .step_by(stride)
+        .take(len)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn the_spool_returns_exactly_what_is_not_done(ops in prop::collection::vec(spool_op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.sqlite");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut spool = Spool::open(&path, spool_limits()).unwrap();
+            let mut queues: [BTreeMap<u64, Bytes>; 2] = Default::default();
+            let mut dead: Vec<u64> = Vec::new();
+            let mut serial = 0u64;
+            for op in ops {
+                match op {
+                    SpoolOp::Append { dest, n } => {
+                        let bodies: Vec<Bytes> = (0..n)
+                            .map(|_| {
+                                serial += 1;
+                                Bytes::from(format!("{{\"event\":{serial}}}"))
+                            })
+                            .collect();
+                        let bytes = bodies.iter().map(|b| b.len() as u64).sum();
+                        let r = spool.reserve(SPOOL_DESTS[dest], bytes).unwrap();
+                        let name: Arc<str> = SPOOL_DESTS[dest].into();
+                        let ids = spool
+                            .append(vec![(name, EventBlock::from_bodies(&bodies))], 1, vec![r])
+                            .await
+                            .unwrap()
+                            .remove(0);
+                        prop_assert_eq!(ids.len(), n);
+                        queues[dest].extend(ids.into_iter().zip(bodies));
+                    }
+                    SpoolOp::Ack { dest, start, stride, len } => {
+                        let ids = pick(&queues[dest], start, stride, len);
+                        let bytes = ids.iter().map(|i| queues[dest][i].len() as u64).sum();
+                        for i in &ids {
+                            queues[dest].remove(i);
+                        }
+                        spool.ack(SPOOL_DESTS[dest].into(), ids, bytes);
+                    }
+                    SpoolOp::Dead { dest, start, stride, len } => {
+                        let ids = pick(&queues[dest], start, stride, len);
+                        if ids.is_empty() {
+                            continue;
+                        }
+                        let bytes = ids.iter().map(|i| queues[dest][i].len() as u64).sum();
+                        for i in &ids {
+                            queues[dest].remove(i);
+                        }
+                        dead.extend(&ids);
+                        let info = DeadLetterInfo {
+                            reason: "r".into(),
+                            status: Some(400),
+                            attempts: 1,
+                            first_attempt_ms: 0,
+                            last_attempt_ms: 0,
+                            request_id: "x".into(),
+                        };
+                        spool.dead_letter(SPOOL_DESTS[dest].into(), ids, bytes, info).await.unwrap();
+                    }
+                    SpoolOp::ReadAll { limit } => {
+                        spool.sync().await;
+                        for (dest, queue) in queues.iter().enumerate() {
+                            let got = read_everything(&spool, SPOOL_DESTS[dest], limit);
+                            let want: Vec<(u64, Bytes)> =
+                                queue.iter().map(|(i, b)| (*i, b.clone())).collect();
+                            prop_assert_eq!(got, want);
+                        }
+                    }
+                    SpoolOp::Reopen => {
+                        spool.sync().await;
+                        drop(spool);
+                        spool = Spool::open(&path, spool_limits()).unwrap();
+                        for (dest, queue) in queues.iter().enumerate() {
+                            let name = SPOOL_DESTS[dest];
+                            prop_assert_eq!(spool.events(name), queue.len() as u64);
+                            let bytes: u64 = queue.values().map(|b| b.len() as u64).sum();
+                            prop_assert_eq!(spool.bytes(name).0, bytes);
+                        }
+                    }
+                }
+            }
+            spool.sync().await;
+            let dlq = DeadLetterStore::open(&path).unwrap();
+            let mut listed: Vec<u64> = dlq.list(None, 100_000).unwrap().iter().map(|d| d.id).collect();
+            listed.sort_unstable();
+            dead.sort_unstable();
+            prop_assert_eq!(listed, dead);
+            let pending: u64 = dlq.pending().unwrap().iter().map(|(_, n)| n).sum();
+            prop_assert_eq!(pending, (queues[0].len() + queues[1].len()) as u64);
+            for (dest, queue) in queues.iter().enumerate() {
+                let got = read_everything(&spool, SPOOL_DESTS[dest], 7);
+                prop_assert_eq!(got.len(), queue.len());
+            }
+            Ok(())
+        })?;
     }
 }
