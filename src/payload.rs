@@ -140,6 +140,13 @@ fn write_iris_civil(dt: jiff::civil::DateTime, out: &mut Vec<u8>) {
     two(out, (y % 100) as i8);
 }
 
+/// A fixed-width run of ASCII digits (at most 4) as a number; `None` if a byte is not a digit.
+fn digits(d: &[u8]) -> Option<i16> {
+    d.iter().try_fold(0i16, |a, c| {
+        c.is_ascii_digit().then(|| a * 10 + (c - b'0') as i16)
+    })
+}
+
 /// The common intake time `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds, years 1000–9999) read
 /// directly; `None` for every other form, which then goes through jiff's full RFC 3339
 /// parser (same result, tested).
@@ -155,11 +162,7 @@ fn fast_utc_time(s: &str) -> Option<jiff::civil::DateTime> {
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i16> {
-        b[r].iter().try_fold(0i16, |a, c| {
-            c.is_ascii_digit().then(|| a * 10 + (c - b'0') as i16)
-        })
-    };
+    let num = |r: std::ops::Range<usize>| digits(&b[r]);
     let (year, second) = (num(0..4)?, num(17..19)?);
     // Leap seconds (jiff clamps :60) and years before 1000 take the general path.
     if year < 1000 || second > 59 {
@@ -192,13 +195,7 @@ pub fn parse_iris_date(s: &str) -> Result<Timestamp, String> {
     {
         return Err(bad());
     }
-    let num = |r: std::ops::Range<usize>| -> Result<i16, String> {
-        let d = &b[r];
-        if !d.iter().all(u8::is_ascii_digit) {
-            return Err(bad());
-        }
-        Ok(d.iter().fold(0i16, |a, c| a * 10 + (c - b'0') as i16))
-    };
+    let num = |r: std::ops::Range<usize>| digits(&b[r]).ok_or_else(bad);
     let weekday = WEEKDAYS
         .iter()
         .position(|w| w.as_bytes() == &b[0..3])
