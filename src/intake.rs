@@ -201,12 +201,27 @@ fn parse_ndjson(
     now: jiff::Timestamp,
 ) -> Result<HashMap<String, EventBlock>, (StatusCode, String)> {
     let mut out: HashMap<String, EventBlock> = HashMap::new();
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+    // UTF-8 is checked once for the whole body (serde_json then need not check every string).
+    let body = std::str::from_utf8(body).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = body[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = at
+            - body[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1)
+            + 1;
+        (
+            StatusCode::BAD_REQUEST,
+            format!("line {line}: not UTF-8 at column {column}"),
+        )
+    })?;
+    for (i, line) in body.split('\n').enumerate() {
         let n = i + 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
+        if line.bytes().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        let ev: IntakeEvent<'_> = serde_json::from_slice(line)
+        let ev: IntakeEvent<'_> = serde_json::from_str(line)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("line {n}: {e}")))?;
         if ev.destination.is_empty() {
             return Err((

@@ -104,6 +104,13 @@ async fn a_bad_line_is_named_and_nothing_of_the_request_is_accepted() {
     assert_eq!(status, 400);
     assert!(text.contains("line 2"), "{text}");
 
+    // Bytes that are not UTF-8: the line and column are named.
+    let mut body = format!("{good}\n{{\"destination\":\"partner-a\",\"aam_uuid\":\"").into_bytes();
+    body.extend_from_slice(b"\xff\"}\n");
+    let (status, _, text) = post_events(daemon.intake_addr, body).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("line 2: not UTF-8 at column 40"), "{text}");
+
     // Nothing of the rejected requests was queued: only this one arrives.
     let (status, _, _) =
         post_events(daemon.intake_addr, event("partner-a", 3, &[("1", "1")])).await;

@@ -124,10 +124,13 @@ pub fn event(dest: &str, uuid: u64, segments: &[(&str, &str)]) -> String {
 }
 
 /// POSTs `body` to the intake; returns status, Retry-After and body text.
-pub async fn post_events(addr: SocketAddr, body: String) -> (u16, Option<String>, String) {
+pub async fn post_events(
+    addr: SocketAddr,
+    body: impl Into<Bytes>,
+) -> (u16, Option<String>, String) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let req = http::Request::post(format!("http://{addr}/v1/events"))
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(body.into()))
         .unwrap();
     let resp = client.request(req).await.unwrap();
     let status = resp.status().as_u16();
