@@ -425,8 +425,8 @@ max_in_flight = {conc}
         ceiling_cores_busy: ceiling.as_ref().map(|c| round(c.cores_busy(), 2)),
         ratio_bound: ceiling
             .as_ref()
-            .filter(|c| c.cores_busy() >= 0.9)
-            .map(|c| round(c.ratio_bound(), 2)),
+            .and_then(Ceiling::ratio_bound)
+            .map(|b| round(b, 2)),
     })
 }
 
@@ -702,8 +702,9 @@ async fn batch(
     })
 }
 
-/// The same users, the same request shape, built and compressed in advance, sent by
-/// `concurrency` tasks over one pooled TLS client: what the network and the mock can take.
+/// Share of the cores a ceiling run must keep busy to count as bound by CPU.
+const CPU_BOUND_BUSY: f64 = 0.9;
+
 /// What the ceiling run measured.
 struct Ceiling {
     users_per_sec: f64,
@@ -724,12 +725,16 @@ impl Ceiling {
     /// The ceiling ran at `cores_busy × cores / cpu_s` users per CPU-second of wall time; a
     /// daemon run needs at least `cpu_s + prebuild_cpu_s` per user on the same cores (the
     /// same sender and mock, plus parsing, rendering and compressing), so it can reach at
-    /// most this share of the ceiling, even with the cores fully busy.
-    fn ratio_bound(&self) -> f64 {
-        self.cpu_s / (self.cores_busy().max(1e-9) * (self.cpu_s + self.prebuild_cpu_s))
+    /// most this share of the ceiling, even with the cores fully busy. Only when the ceiling
+    /// was bound by CPU (kept the cores at least [`CPU_BOUND_BUSY`] busy).
+    fn ratio_bound(&self) -> Option<f64> {
+        let busy = self.cores_busy();
+        (busy >= CPU_BOUND_BUSY).then(|| self.cpu_s / (busy * (self.cpu_s + self.prebuild_cpu_s)))
     }
 }
 
+/// The same users, the same request shape, built and compressed in advance, sent by
+/// `concurrency` tasks over one pooled TLS client: what the network and the mock can take.
 async fn ceiling(
     opts: &BenchOptions,
     work: &Workload,
@@ -804,7 +809,7 @@ async fn ceiling(
     let requests = Arc::new(requests);
     let builder = Arc::new(builder);
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu0 = proc_usage(std::process::id()).map_or(0.0, |u| u.0);
+    let cpu0 = cpu();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.concurrency {
@@ -839,7 +844,7 @@ async fn ceiling(
         r.map_err(err)?.map_err(err)?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu1 = proc_usage(std::process::id()).map_or(0.0, |u| u.0);
+    let cpu1 = cpu();
     Ok(Ceiling {
         users_per_sec: opts.users as f64 / seconds,
         seconds,

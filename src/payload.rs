@@ -109,16 +109,15 @@ pub fn iris_date(ts: Timestamp) -> String {
 /// case (years 1000–9999) is written directly, not through a strftime interpreter; the
 /// result is the same as `strftime(IRIS_DATE_FORMAT)` (tested).
 pub fn write_iris_date(ts: Timestamp, out: &mut Vec<u8>) {
-    let dt = jiff::tz::Offset::UTC.to_datetime(ts);
-    if !(1000..=9999).contains(&dt.year()) {
-        out.extend_from_slice(ts.strftime(IRIS_DATE_FORMAT).to_string().as_bytes());
-        return;
-    }
-    write_iris_civil(dt, out);
+    write_iris_datetime(jiff::tz::Offset::UTC.to_datetime(ts), out);
 }
 
-/// [`write_iris_date`] of a UTC civil time in years 1000–9999.
-fn write_iris_civil(dt: jiff::civil::DateTime, out: &mut Vec<u8>) {
+/// [`write_iris_date`] of a UTC civil time.
+fn write_iris_datetime(dt: jiff::civil::DateTime, out: &mut Vec<u8>) {
+    if !(1000..=9999).contains(&dt.year()) {
+        out.extend_from_slice(dt.strftime(IRIS_DATE_FORMAT).to_string().as_bytes());
+        return;
+    }
     let two = |out: &mut Vec<u8>, v: i8| {
         out.push(b'0' + (v / 10) as u8);
         out.push(b'0' + (v % 10) as u8);
@@ -147,9 +146,18 @@ fn digits(d: &[u8]) -> Option<i16> {
     })
 }
 
-/// The common intake time `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds, years 1000–9999) read
-/// directly; `None` for every other form, which then goes through jiff's full RFC 3339
-/// parser (same result, tested).
+/// An intake time as a UTC civil time: the common `YYYY-MM-DDTHH:MM:SSZ` read directly, every
+/// other form through jiff's full RFC 3339 parser (same result, tested).
+fn intake_time(s: &str) -> Result<jiff::civil::DateTime, jiff::Error> {
+    match fast_utc_time(s) {
+        Some(dt) => Ok(dt),
+        None => s
+            .parse::<Timestamp>()
+            .map(|ts| jiff::tz::Offset::UTC.to_datetime(ts)),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds, years 1000–9999); `None` for every other form.
 fn fast_utc_time(s: &str) -> Option<jiff::civil::DateTime> {
     let b = s.as_bytes();
     if b.len() != 20
@@ -268,26 +276,21 @@ pub fn render_segment(
             "must be \"1\" (qualified) or \"0\" (disqualified)",
         ));
     }
-    let fast = time.and_then(fast_utc_time);
-    let ts = match time {
-        _ if fast.is_some() => now,
-        Some(t) => t.parse::<Timestamp>().map_err(|e| {
+    let when = match time {
+        Some(t) => intake_time(t).map_err(|e| {
             field_err(
                 field("time"),
                 format!("not an RFC 3339 time like 2016-07-27T16:17:22Z: {e}"),
             )
         })?,
-        None => now,
+        None => jiff::tz::Offset::UTC.to_datetime(now),
     };
     out.extend_from_slice(b"{\"Segment_ID\":\"");
     out.extend_from_slice(segment_id.as_bytes());
     out.extend_from_slice(b"\",\"Status\":\"");
     out.extend_from_slice(status.as_bytes());
     out.extend_from_slice(b"\",\"DateTime\":\"");
-    match fast {
-        Some(dt) => write_iris_civil(dt, out),
-        None => write_iris_date(ts, out),
-    }
+    write_iris_datetime(when, out);
     out.extend_from_slice(b"\"}");
     Ok(())
 }

@@ -221,12 +221,13 @@ fn migrate_from_v1(conn: &Connection) -> rusqlite::Result<()> {
             )?;
             let mut rows = select.query([])?;
             while let Some(r) = rows.next()? {
-                let body: Vec<u8> = r.get(3)?;
+                let mut block = EventBlock::new();
+                block.push(r.get_ref(3)?.as_blob()?);
                 insert.execute(params![
                     r.get::<_, i64>(1)?,
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(2)?,
-                    encode_block(&[Bytes::from(body)])
+                    block.body
                 ])?;
             }
             conn.execute_batch("DROP TABLE events")?;
@@ -346,11 +347,6 @@ impl EventBlock {
     pub fn event_bytes(&self) -> u64 {
         (self.body.len() - 4 * self.count) as u64
     }
-}
-
-/// A block's body holding these events.
-fn encode_block(bodies: &[Bytes]) -> Vec<u8> {
-    EventBlock::from_bodies(bodies).body
 }
 
 /// A block's events (slices of `body`, no copies); `None` unless it holds exactly `count`.
@@ -729,17 +725,30 @@ fn row_to_block(r: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
     })
 }
 
+/// Takes events after `after` from `current` (the block a read stopped inside) if it holds
+/// `after + 1`, and forgets the block once it is read to its end. Returns the last id looked
+/// at, or `None` when the block does not hold `after + 1`.
+fn take_current(
+    current: &mut Option<Block>,
+    after: u64,
+    limit: usize,
+    out: &mut Vec<UserRecord>,
+) -> Option<u64> {
+    let block = current.as_ref().filter(|b| b.covers(after + 1))?;
+    let last = block.take(after, limit, out);
+    if !block.covers(last + 1) {
+        *current = None;
+    }
+    Some(last)
+}
+
 impl SpoolReader {
     /// Events after `after` from the block the last read stopped inside, without touching
     /// the file (so without a blocking call); `None` when that block does not hold them.
     pub fn read_cached(&self, after: u64, limit: usize) -> Option<Vec<UserRecord>> {
         let mut current = self.current.try_lock().ok()?;
-        let block = current.as_ref().filter(|b| b.covers(after + 1))?;
         let mut out = Vec::with_capacity(limit.min(4096));
-        let last = block.take(after, limit, &mut out);
-        if !block.covers(last + 1) {
-            *current = None;
-        }
+        take_current(&mut current, after, limit, &mut out)?;
         (!out.is_empty()).then_some(out)
     }
 
@@ -766,11 +775,8 @@ impl SpoolReader {
                     .filter(|b| b.covers(cursor + 1));
             }
         }
-        if let Some(block) = current.as_ref() {
-            cursor = block.take(cursor, limit, &mut out);
-            if !block.covers(cursor + 1) {
-                *current = None;
-            }
+        if let Some(last) = take_current(&mut current, cursor, limit, &mut out) {
+            cursor = last;
         }
         if out.len() < limit && current.is_none() {
             let mut st = conn
@@ -1097,10 +1103,7 @@ fn apply(
                     // Copy each event out of its block into `dead_letters`, then mark it done.
                     let mut block: Option<(u64, i64, Vec<Bytes>)> = None;
                     for &id in ids {
-                        let Some(first) = progress
-                            .find(&tx, destination, id, id)
-                            .map_err(err)?
-                            .filter(|&f| f <= id)
+                        let Some(first) = progress.find(&tx, destination, id, id).map_err(err)?
                         else {
                             continue;
                         };
@@ -1259,13 +1262,13 @@ impl DeadLetterStore {
         // One block per destination; a replayed event starts a new life: its age counts from
         // the replay.
         for group in rows.chunk_by(|a, b| a.0 == b.0) {
-            let bodies: Vec<Bytes> = group
-                .iter()
-                .map(|(_, _, body)| Bytes::copy_from_slice(body))
-                .collect();
+            let mut block = EventBlock::new();
+            for (_, _, body) in group {
+                block.push(body);
+            }
             tx.execute(
                 "INSERT INTO blocks (first_id, dest, count, accepted_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![next_id, group[0].0, group.len() as i64, now_ms(), encode_block(&bodies)],
+                params![next_id, group[0].0, group.len() as i64, now_ms(), block.body],
             )
             .map_err(err)?;
             next_id += group.len() as i64;
@@ -1761,7 +1764,7 @@ mod tests {
             Bytes::from_static(b"x"),
             bodies(0..1).remove(0),
         ];
-        let body = Bytes::from(encode_block(&events));
+        let body = Bytes::from(EventBlock::from_bodies(&events).body);
         assert_eq!(decode_block(&body, 3).unwrap(), events);
         assert!(decode_block(&body, 2).is_none(), "count must match");
         assert!(

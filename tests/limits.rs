@@ -71,6 +71,13 @@ fn ok_post(addr: SocketAddr, uuid: u64) -> u16 {
     )
 }
 
+/// [`ok_post`] from async code (the raw client blocks).
+async fn ok_post_async(addr: SocketAddr, uuid: u64) -> u16 {
+    tokio::task::spawn_blocking(move || ok_post(addr, uuid))
+        .await
+        .unwrap()
+}
+
 fn gzip_of_zeros(bytes: usize) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let zeros = vec![0u8; 1 << 20];
@@ -94,9 +101,7 @@ async fn ten_thousand_idle_connections_cost_little_and_new_clients_are_still_ser
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let status = tokio::task::spawn_blocking(move || ok_post(addr, 1))
-        .await
-        .unwrap();
+    let status = ok_post_async(addr, 1).await;
     let waited = started.elapsed();
     let after = peak_rss_mb(pid);
     eprintln!(
@@ -156,12 +161,7 @@ async fn slowloris_and_silent_connections_are_cut_at_the_header_timeout() {
         "{silent_after:?}"
     );
     // The listener still serves.
-    assert_eq!(
-        tokio::task::spawn_blocking(move || ok_post(addr, 2))
-            .await
-            .unwrap(),
-        202
-    );
+    assert_eq!(ok_post_async(addr, 2).await, 202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,12 +215,7 @@ async fn a_100_mb_line_and_a_gzip_bomb_are_refused_early_with_bounded_memory() {
     let rss = peak_rss_mb(pid);
     eprintln!("100 MB line and 1 GB gzip bomb refused; daemon peak RSS {rss:.1} MB");
     assert!(rss < 100.0, "{rss:.1} MB");
-    assert_eq!(
-        tokio::task::spawn_blocking(move || ok_post(addr, 3))
-            .await
-            .unwrap(),
-        202
-    );
+    assert_eq!(ok_post_async(addr, 3).await, 202);
 
     // The same bomb at the mock partner's publish endpoint, with a valid token.
     let (resp, token) = send(
@@ -385,12 +380,7 @@ async fn an_oversized_request_head_is_refused() {
     .await
     .unwrap();
     assert_eq!(status, 431, "a 200 KB header is refused (64 KiB head cap)");
-    assert_eq!(
-        tokio::task::spawn_blocking(move || ok_post(addr, 4))
-            .await
-            .unwrap(),
-        202
-    );
+    assert_eq!(ok_post_async(addr, 4).await, 202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
