@@ -358,7 +358,7 @@ pub struct BatchConfig {
     /// Glob of input files (`/data/partner-a/*.csv.gz`); `None`: files only on the command line.
     pub input: Option<String>,
     /// When to run; `None`: on demand only (`irisd batch run`).
-    pub schedule: Option<crate::batch::schedule::Schedule>,
+    pub schedule: Option<crate::schedule::Schedule>,
     /// Users per request (batch traffic).
     pub max_users: usize,
     /// Uncompressed bytes per request.
@@ -1102,7 +1102,7 @@ impl Ctx<'_> {
                     .map(|s| s.span())
                     .unwrap_or(0..0);
                 Some(
-                    crate::batch::schedule::Schedule::parse(
+                    crate::schedule::Schedule::parse(
                         daily.as_ref().map(|s| s.get_ref().as_str()),
                         cron.as_ref().map(|s| s.get_ref().as_str()),
                         b.time_zone.get_ref(),

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -14,18 +13,16 @@ use crate::admin::{Admin, Watched};
 use crate::batch::runner::BatchContext;
 use crate::config::Profile;
 use crate::config::{Config, Destination};
-use crate::delivery::lane::{self, LaneOptions, RunState};
-use crate::delivery::request::RequestBuilder;
+use crate::delivery::build::{build_sender, BuildError};
+use crate::delivery::lane::{self, LaneOptions};
 use crate::delivery::resolve::Circuit;
-use crate::delivery::retry::SuccessPolicy;
 use crate::delivery::sender::Sender;
 use crate::intake::Intake;
 use crate::metrics::{DestinationMetrics, Snapshot};
-use crate::oauth::{TokenCache, TokenClient};
-use crate::payload::PayloadHeader;
+use crate::oauth::TokenCache;
 use crate::server::{serve, ServerHandle};
+use crate::shutdown::RunState;
 use crate::spool::{Limits, Spool, SpoolError};
-use crate::transport::{ClientOptions, HttpClient, TlsSetupError};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +37,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("destination {destination:?}: [destination.tls] {source}")]
-    Tls {
-        destination: String,
-        source: TlsSetupError,
-    },
-    #[error("destination {destination:?}: user_agent is not a valid header value")]
-    UserAgent { destination: String },
+    #[error(transparent)]
+    Build(#[from] BuildError),
     #[error("{0}")]
     Spool(#[from] SpoolError),
     #[error("{message}")]
@@ -574,7 +566,7 @@ fn launch(
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                    _ = crate::delivery::resolve::wait_for(&mut state, RunState::Stop) => break,
+                    _ = crate::shutdown::wait_for(&mut state, RunState::Stop) => break,
                 }
             }
         });
@@ -641,74 +633,4 @@ async fn join_all(handles: &mut [JoinHandle<()>]) {
     for h in handles.iter_mut().filter(|h| !h.is_finished()) {
         let _ = h.await;
     }
-}
-
-/// The HTTPS client, token cache and sender of one destination.
-pub fn build_sender(
-    d: &Destination,
-    metrics: Arc<DestinationMetrics>,
-) -> Result<(Arc<Sender>, Arc<TokenCache>), StartError> {
-    let http = HttpClient::new_with(
-        &ClientOptions {
-            ca_file: d.tls.ca_file.as_deref(),
-            connect_timeout: d.publish.connect_timeout,
-            pool_idle_timeout: d.publish.pool_idle_timeout,
-            http2: d.publish.http2,
-        },
-        crate::transport::TlsOptions {
-            client_cert: d
-                .tls
-                .client_cert
-                .as_ref()
-                .map(|(c, k)| (c.as_path(), k.as_path())),
-            insecure_skip_verify: d.tls.insecure_skip_verify,
-        },
-    )
-    .map_err(|source| StartError::Tls {
-        destination: d.name.clone(),
-        source,
-    })?;
-    let user_agent = HeaderValue::from_str(&d.user_agent).map_err(|_| StartError::UserAgent {
-        destination: d.name.clone(),
-    })?;
-    let token_client = TokenClient::new(
-        http.clone(),
-        d.auth.token_url.clone(),
-        d.auth.credentials.clone(),
-        d.auth.scope.clone(),
-        user_agent.clone(),
-        d.auth.timeout,
-    );
-    let tokens = Arc::new(TokenCache::new(
-        d.name.clone(),
-        token_client,
-        d.auth.refresh_skew,
-        metrics.clone(),
-    ));
-    let builder = RequestBuilder::new(
-        d.publish.url.clone(),
-        d.publish.method.as_method(),
-        user_agent,
-        d.publish
-            .gzip
-            .then(|| flate2::Compression::new(d.publish.gzip_level)),
-        PayloadHeader {
-            user_dpid: d.user_dpid.clone(),
-            client_id: d.aam_client_id.clone(),
-            destination_id: d.destination_id.clone(),
-        },
-    )
-    .with_signing(d.signing.clone());
-    let sender = Arc::new(Sender::new(
-        d.name.clone(),
-        http,
-        builder,
-        tokens.clone(),
-        d.publish.timeout,
-        SuccessPolicy {
-            statuses: d.publish.success_status.clone(),
-        },
-        metrics,
-    ));
-    Ok((sender, tokens))
 }

@@ -17,10 +17,11 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::clock::now_ms;
 use crate::delivery::lane::LaneHandle;
 use crate::payload::{render_user_into, IntakeEvent};
 use crate::server::{error_response, json_response};
-use crate::spool::{now_ms, EventBlock, Spool, SpoolError};
+use crate::spool::{EventBlock, Spool, SpoolError};
 
 /// Seconds a producer is asked to wait when the spool is full.
 const RETRY_AFTER_SECS: &str = "1";

@@ -32,10 +32,11 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use crate::clock::now_ms;
 use crate::config::KafkaSourceConfig;
-use crate::delivery::lane::RunState;
 use crate::payload::{render_user, IntakeEvent, UserRecord};
-use crate::spool::{now_ms, DeadLetterInfo, DeadLetterStore};
+use crate::shutdown::RunState;
+use crate::spool::{DeadLetterInfo, DeadLetterStore};
 
 /// Where a stream lane's records come from and how they settle.
 pub trait StreamAcks: Send + Sync {

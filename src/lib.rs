@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod batch;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
@@ -21,7 +22,9 @@ pub mod metrics;
 pub mod mock;
 pub mod oauth;
 pub mod payload;
+pub mod schedule;
 pub mod server;
+pub mod shutdown;
 pub mod signing;
 pub mod spool;
 pub mod transport;

@@ -508,12 +508,11 @@ async fn batch_run(
     files: Vec<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config)?;
-    let (state_tx, state) =
-        tokio::sync::watch::channel(irisd::delivery::resolve::RunState::Running);
+    let (state_tx, state) = tokio::sync::watch::channel(irisd::shutdown::RunState::Running);
     tokio::spawn(async move {
         if shutdown_signal().await.is_ok() {
             tracing::warn!("stopping: the file in progress resumes after its last acknowledged chunk next time");
-            let _ = state_tx.send(irisd::delivery::resolve::RunState::Stop);
+            let _ = state_tx.send(irisd::shutdown::RunState::Stop);
         }
     });
     let report = irisd::batch::run_now(&config, &destination, files, state).await?;

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
+use crate::clock::now_ms;
 use crate::payload::UserRecord;
 
 /// A spool problem; messages name the spool file.
@@ -1376,11 +1377,6 @@ fn take_ids(tx: &rusqlite::Transaction<'_>, n: usize) -> rusqlite::Result<i64> {
         [first + n as i64],
     )?;
     Ok(first)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
 }
 
 #[cfg(test)]

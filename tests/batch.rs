@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use irisd::config::Config;
-use irisd::delivery::resolve::RunState;
 use irisd::mock::faults::Faults;
+use irisd::shutdown::RunState;
 
 /// The test env's config with a `[destination.batch]` section.
 fn batch_config(env: &Env, publish_extra: &str, batch: &str) -> Config {

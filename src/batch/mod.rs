@@ -6,7 +6,6 @@
 pub mod checkpoint;
 pub mod reader;
 pub mod runner;
-pub mod schedule;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,7 +16,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{Config, Profile};
-use crate::delivery::resolve::{Circuit, RunState};
+use crate::delivery::resolve::Circuit;
+use crate::shutdown::RunState;
 use runner::{BatchContext, Progress, RunReport};
 
 /// Why a batch run could not start.
@@ -30,7 +30,7 @@ pub enum BatchError {
     #[error("{0}")]
     Input(String),
     #[error(transparent)]
-    Start(#[from] crate::daemon::StartError),
+    Build(#[from] crate::delivery::build::BuildError),
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
 }
@@ -59,7 +59,7 @@ pub async fn run_now(
         files
     };
     let metrics = Arc::new(crate::metrics::DestinationMetrics::default());
-    let (sender, _tokens) = crate::daemon::build_sender(d, metrics)?;
+    let (sender, _tokens) = crate::delivery::build::build_sender(d, metrics)?;
     let ctx = Arc::new(BatchContext::new(
         d.name.clone(),
         sender,
@@ -83,7 +83,7 @@ pub async fn run_now(
 /// yet, and writes a JSON report per run into `reports_dir`. Ends when the daemon stops.
 pub async fn schedule_loop(
     ctx: Arc<BatchContext>,
-    schedule: schedule::Schedule,
+    schedule: crate::schedule::Schedule,
     pattern: String,
     reports_dir: PathBuf,
     mut state: watch::Receiver<RunState>,

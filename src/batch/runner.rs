@@ -24,13 +24,15 @@ use tokio::time::Instant;
 
 use super::checkpoint::{identify, BatchStore, FileState};
 use super::reader::{detect, BatchReader, Item, Position, ReadError};
+use crate::clock::now_ms;
 use crate::config::{BatchConfig, RetryPolicy};
 use crate::delivery::batcher::Batcher;
-use crate::delivery::resolve::{Circuit, Resolution, Resolver, RunState};
+use crate::delivery::resolve::{Circuit, Resolution, Resolver};
 use crate::delivery::sender::Sender;
 use crate::metrics::DestinationMetrics;
 use crate::payload::UserRecord;
-use crate::spool::{now_ms, SpoolError};
+use crate::shutdown::RunState;
+use crate::spool::SpoolError;
 
 /// Everything a batch run of one destination needs.
 pub struct BatchContext {

@@ -28,15 +28,15 @@ use tokio::time::Instant;
 use super::batcher::Batcher;
 use super::resolve::{Circuit, Resolution, Resolver};
 use super::sender::Sender;
+use crate::clock::now_ms;
 use crate::config::RetryPolicy;
 use crate::metrics::DestinationMetrics;
 use crate::payload::UserRecord;
-use crate::spool::{now_ms, Spool, SpoolError, SpoolReader};
+use crate::shutdown::{wait_for, RunState};
+use crate::spool::{Spool, SpoolError, SpoolReader};
 
 /// How long an idle lane waits before looking at the spool again on its own.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-
-pub use super::resolve::RunState;
 
 /// Lane settings.
 #[derive(Debug, Clone)]
@@ -326,8 +326,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-
-use super::resolve::wait_for;
 
 /// Delivers one batch until it is acknowledged, dead-lettered, or the daemon stops.
 async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver<RunState>) {

@@ -8,6 +8,7 @@
 //! runs one destination's real-time traffic from the spool.
 
 pub mod batcher;
+pub mod build;
 pub mod lane;
 pub mod request;
 pub mod resolve;

@@ -17,24 +17,11 @@ use tokio::time::Instant;
 use super::request::PreparedRequest;
 use super::retry::{retry_delay, Class};
 use super::sender::{Outcome, Sender};
+use crate::clock::now_ms;
 use crate::config::RetryPolicy;
 use crate::metrics::DestinationMetrics;
-use crate::spool::{now_ms, DeadLetterInfo};
-
-/// The daemon's run state, as delivery sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    Running,
-    /// Deliver what is spooled, then stop.
-    Draining,
-    /// Stop now; what is not acknowledged stays with its source.
-    Stop,
-}
-
-/// Resolves when the run state is `target` (or the daemon is gone).
-pub async fn wait_for(state: &mut watch::Receiver<RunState>, target: RunState) {
-    let _ = state.wait_for(|s| *s == target).await;
-}
+use crate::shutdown::{wait_for, RunState};
+use crate::spool::DeadLetterInfo;
 
 /// How a request ended.
 #[derive(Debug)]
