@@ -8,7 +8,9 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::block::EventBlock;
-use super::schema::{open_connection, pending_by_destination, store_err, take_ids, SpoolError};
+use super::schema::{
+    insert_block, open_connection, pending_by_destination, store_err, take_ids, SpoolError,
+};
 use crate::clock::now_ms;
 
 /// Why and how a set of events was given up.
@@ -147,11 +149,7 @@ impl DeadLetterStore {
             for (_, _, body) in group {
                 block.push(body);
             }
-            tx.execute(
-                "INSERT INTO blocks (first_id, dest, count, accepted_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![next_id, group[0].0, group.len() as i64, now_ms(), block.body],
-            )
-            .map_err(err)?;
+            insert_block(&tx, next_id, &group[0].0, &block, now_ms()).map_err(err)?;
             next_id += group.len() as i64;
             for (dest, old_id, _) in group {
                 tx.execute(
@@ -183,24 +181,8 @@ impl DeadLetterStore {
         let first = take_ids(&tx, bodies.len()).map_err(err)?;
         let mut ids = Vec::with_capacity(bodies.len());
         for (next_id, body) in (first..).zip(bodies) {
-            tx.execute(
-                "INSERT INTO dead_letters
-                   (dest, id, accepted_at, body, reason, status, attempts, first_attempt_at, last_attempt_at, request_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    destination,
-                    next_id,
-                    accepted_at_ms,
-                    body.as_ref(),
-                    info.reason,
-                    info.status,
-                    info.attempts,
-                    info.first_attempt_ms,
-                    info.last_attempt_ms,
-                    info.request_id
-                ],
-            )
-            .map_err(err)?;
+            insert_dead_letter(&tx, destination, next_id as u64, accepted_at_ms, body, info)
+                .map_err(err)?;
             ids.push(next_id as u64);
         }
         tx.commit().map_err(err)?;
@@ -229,6 +211,35 @@ impl DeadLetterStore {
             .map(|(dest, _, n)| (dest, n))
             .collect())
     }
+}
+
+/// Stores one event as a dead letter (the writer's moves out of the spool and `add` alike).
+pub(super) fn insert_dead_letter(
+    conn: &Connection,
+    destination: &str,
+    id: u64,
+    accepted_at_ms: i64,
+    body: &[u8],
+    info: &DeadLetterInfo,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO dead_letters
+           (dest, id, accepted_at, body, reason, status, attempts, first_attempt_at, last_attempt_at, request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        destination,
+        id as i64,
+        accepted_at_ms,
+        body,
+        info.reason,
+        info.status,
+        info.attempts,
+        info.first_attempt_ms,
+        info.last_attempt_ms,
+        info.request_id
+    ])?;
+    Ok(())
 }
 
 fn row_to_dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {

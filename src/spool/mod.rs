@@ -43,7 +43,7 @@ pub use reader::SpoolReader;
 use schema::pending_by_destination;
 pub(crate) use schema::store_err;
 pub use schema::{open_connection, SpoolError};
-use writer::{writer_loop, Command, WRITER_CACHE_KIB};
+use writer::Command;
 
 /// Bounds of the spool.
 #[derive(Debug, Clone, Copy)]
@@ -80,10 +80,6 @@ impl Spool {
                 .map_err(|e| store_err(path, format!("cannot create its directory: {e}")))?;
         }
         let conn = open_connection(path)?;
-        // The writer deletes blocks soon after writing them: a page cache that holds the
-        // blocks in flight spares re-reading their overflow pages from the WAL to free them.
-        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
-            .map_err(|e| store_err(path, e))?;
         // Quick structural check: a damaged file is reported now, with its path, not later.
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -100,12 +96,7 @@ impl Spool {
             usage.insert(dest.clone(), Arc::new(AtomicU64::new(bytes)));
             events.insert(dest, Arc::new(AtomicU64::new(count)));
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(4096);
-        // The writer exits when the last `Spool` (and with it the sender) is dropped.
-        std::thread::Builder::new()
-            .name("irisd-spool-writer".into())
-            .spawn(move || writer_loop(conn, rx, limits.fsync))
-            .map_err(|e| store_err(path, e))?;
+        let tx = writer::start(conn, limits.fsync, path)?;
         Ok(Arc::new(Spool {
             path: path.to_owned(),
             tx,

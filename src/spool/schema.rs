@@ -107,19 +107,17 @@ fn migrate_from_v1(conn: &Connection) -> rusqlite::Result<()> {
         )?;
         if has_events {
             let mut select = conn.prepare("SELECT dest, id, accepted_at, body FROM events")?;
-            let mut insert = conn.prepare(
-                "INSERT INTO blocks (first_id, dest, count, accepted_at, body) VALUES (?1, ?2, 1, ?3, ?4)",
-            )?;
             let mut rows = select.query([])?;
             while let Some(r) = rows.next()? {
                 let mut block = EventBlock::new();
                 block.push(r.get_ref(3)?.as_blob()?);
-                insert.execute(params![
+                insert_block(
+                    conn,
                     r.get::<_, i64>(1)?,
-                    r.get::<_, String>(0)?,
+                    &r.get::<_, String>(0)?,
+                    &block,
                     r.get::<_, i64>(2)?,
-                    block.body
-                ])?;
+                )?;
             }
             conn.execute_batch("DROP TABLE events")?;
         }
@@ -187,4 +185,25 @@ pub(super) fn take_ids(tx: &rusqlite::Transaction<'_>, n: usize) -> rusqlite::Re
         [first + n as i64],
     )?;
     Ok(first)
+}
+
+/// Writes one block row: `block`'s events as ids `first_id..`, for `destination`.
+pub(super) fn insert_block(
+    conn: &Connection,
+    first_id: i64,
+    destination: &str,
+    block: &EventBlock,
+    accepted_at_ms: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO blocks (first_id, dest, count, accepted_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        first_id,
+        destination,
+        block.len() as i64,
+        accepted_at_ms,
+        &block.body
+    ])?;
+    Ok(())
 }

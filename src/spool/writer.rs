@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::block::{decode_block, DoneBits, EventBlock};
-use super::dead_letters::DeadLetterInfo;
-use super::schema::{store_err, take_ids, SpoolError};
+use super::dead_letters::{insert_dead_letter, DeadLetterInfo};
+use super::schema::{insert_block, store_err, take_ids, SpoolError};
 
 pub(super) enum Command {
     /// Events of several destinations, written together or not at all.
@@ -40,16 +40,31 @@ pub(super) enum Command {
 const GROUP_COMMIT_MAX: usize = 512;
 
 /// The writer connection's page cache, in KiB (SQLite's `cache_size` takes KiB as negative).
-pub(super) const WRITER_CACHE_KIB: i64 = -16 * 1024;
+const WRITER_CACHE_KIB: i64 = -16 * 1024;
 
 /// How long the writer waits for more acks when it has nothing but acks to commit.
 const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
-pub(super) fn writer_loop(
-    mut conn: Connection,
-    rx: std::sync::mpsc::Receiver<Command>,
+/// Starts the writer thread on `conn`; it exits when the returned sender (held by the last
+/// `Spool`) is dropped.
+pub(super) fn start(
+    conn: Connection,
     fsync: bool,
-) {
+    path: &std::path::Path,
+) -> Result<std::sync::mpsc::SyncSender<Command>, SpoolError> {
+    // The writer deletes blocks soon after writing them: a page cache that holds the blocks in
+    // flight spares re-reading their overflow pages from the WAL to free them.
+    conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
+        .map_err(|e| store_err(path, e))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+    std::thread::Builder::new()
+        .name("irisd-spool-writer".into())
+        .spawn(move || writer_loop(conn, rx, fsync))
+        .map_err(|e| store_err(path, e))?;
+    Ok(tx)
+}
+
+fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, fsync: bool) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut progress = PartlyDone::default();
     let mut synchronous = None;
@@ -287,116 +302,107 @@ fn apply(
     };
     let mut appended = Vec::new();
     let mut touched = Vec::new();
-    {
-        // One row per destination of an intake request: a block of consecutive ids.
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO blocks (first_id, dest, count, accepted_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(err)?;
-        let mut add_dead = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO dead_letters
-                   (dest, id, accepted_at, body, reason, status, attempts, first_attempt_at, last_attempt_at, request_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .map_err(err)?;
-        let mut read_block = tx
-            .prepare_cached("SELECT accepted_at, count, body FROM blocks WHERE first_id = ?1")
-            .map_err(err)?;
-        for cmd in batch {
-            match cmd {
-                Command::Append {
-                    items,
-                    accepted_at_ms,
-                    ..
-                } => {
-                    let mut per_destination = Vec::with_capacity(items.len());
-                    for (destination, block) in items {
-                        if block.is_empty() {
-                            per_destination.push(Vec::new());
-                            continue;
-                        }
-                        insert
-                            .execute(params![
-                                next_id,
-                                &**destination,
-                                block.len() as i64,
-                                accepted_at_ms,
-                                &block.body
-                            ])
-                            .map_err(err)?;
-                        let first = next_id as u64;
-                        per_destination.push((first..first + block.len() as u64).collect());
-                        next_id += block.len() as i64;
-                    }
-                    appended.push(per_destination);
+    for cmd in batch {
+        match cmd {
+            Command::Append {
+                items,
+                accepted_at_ms,
+                ..
+            } => appended
+                .push(append_blocks(&tx, items, *accepted_at_ms, &mut next_id).map_err(err)?),
+            Command::Ack { destination, ids } => {
+                // A batch's ids are mostly one run of consecutive ids inside one block.
+                for (first, last) in runs(ids) {
+                    progress
+                        .mark(&tx, destination, first, last, &mut touched)
+                        .map_err(err)?;
                 }
-                Command::Ack { destination, ids } => {
-                    // A batch's ids are mostly one run of consecutive ids inside one block.
-                    for (first, last) in runs(ids) {
-                        progress
-                            .mark(&tx, destination, first, last, &mut touched)
-                            .map_err(err)?;
-                    }
-                }
-                Command::DeadLetter {
-                    destination,
-                    ids,
-                    info,
-                    ..
-                } => {
-                    // Copy each event out of its block into `dead_letters`, then mark it done.
-                    let mut block: Option<(u64, i64, Vec<Bytes>)> = None;
-                    for &id in ids {
-                        let Some(first) = progress.find(&tx, destination, id, id).map_err(err)?
-                        else {
-                            continue;
-                        };
-                        if block.as_ref().is_none_or(|(f, _, _)| *f != first) {
-                            let (accepted, count, body): (i64, u32, Vec<u8>) = read_block
-                                .query_row([first as i64], |r| {
-                                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                                })
-                                .map_err(err)?;
-                            let events = decode_block(&Bytes::from(body), count as usize)
-                                .ok_or_else(|| {
-                                    store_err(&path, format!("block {first} is malformed"))
-                                })?;
-                            block = Some((first, accepted, events));
-                        }
-                        if progress.blocks[&first].is_done((id - first) as u32) {
-                            continue;
-                        }
-                        let (_, accepted, events) = block.as_ref().expect("just read");
-                        add_dead
-                            .execute(params![
-                                &**destination,
-                                id as i64,
-                                accepted,
-                                events[(id - first) as usize].as_ref(),
-                                info.reason,
-                                info.status,
-                                info.attempts,
-                                info.first_attempt_ms,
-                                info.last_attempt_ms,
-                                info.request_id
-                            ])
-                            .map_err(err)?;
-                    }
-                    for (first, last) in runs(ids) {
-                        progress
-                            .mark(&tx, destination, first, last, &mut touched)
-                            .map_err(err)?;
-                    }
-                }
-                Command::Sync(_) => {}
             }
+            Command::DeadLetter {
+                destination,
+                ids,
+                info,
+                ..
+            } => {
+                copy_to_dead_letters(&tx, progress, destination, ids, info, &path)?;
+                for (first, last) in runs(ids) {
+                    progress
+                        .mark(&tx, destination, first, last, &mut touched)
+                        .map_err(err)?;
+                }
+            }
+            Command::Sync(_) => {}
         }
     }
     progress.save(&tx, &mut touched).map_err(err)?;
     tx.commit().map_err(err)?;
     Ok(appended)
+}
+
+/// Writes one block row per destination of an intake request (consecutive ids from
+/// `next_id`); returns the ids given to each destination's events, in order.
+fn append_blocks(
+    tx: &rusqlite::Transaction<'_>,
+    items: &[(Arc<str>, EventBlock)],
+    accepted_at_ms: i64,
+    next_id: &mut i64,
+) -> rusqlite::Result<Vec<Vec<u64>>> {
+    let mut per_destination = Vec::with_capacity(items.len());
+    for (destination, block) in items {
+        if block.is_empty() {
+            per_destination.push(Vec::new());
+            continue;
+        }
+        insert_block(tx, *next_id, destination, block, accepted_at_ms)?;
+        let first = *next_id as u64;
+        per_destination.push((first..first + block.len() as u64).collect());
+        *next_id += block.len() as i64;
+    }
+    Ok(per_destination)
+}
+
+/// Copies each of `ids` not done yet out of its block into the dead letters (the caller then
+/// marks them done, in the same transaction).
+fn copy_to_dead_letters(
+    tx: &rusqlite::Transaction<'_>,
+    progress: &mut PartlyDone,
+    destination: &str,
+    ids: &[u64],
+    info: &DeadLetterInfo,
+    path: &std::path::Path,
+) -> Result<(), SpoolError> {
+    let err = |e: rusqlite::Error| store_err(path, e);
+    let mut read_block = tx
+        .prepare_cached("SELECT accepted_at, count, body FROM blocks WHERE first_id = ?1")
+        .map_err(err)?;
+    let mut block: Option<(u64, i64, Vec<Bytes>)> = None;
+    for &id in ids {
+        let Some(first) = progress.find(tx, destination, id, id).map_err(err)? else {
+            continue;
+        };
+        if block.as_ref().is_none_or(|(f, _, _)| *f != first) {
+            let (accepted, count, body): (i64, u32, Vec<u8>) = read_block
+                .query_row([first as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(err)?;
+            let events = decode_block(&Bytes::from(body), count as usize)
+                .ok_or_else(|| store_err(path, format!("block {first} is malformed")))?;
+            block = Some((first, accepted, events));
+        }
+        if progress.blocks[&first].is_done((id - first) as u32) {
+            continue;
+        }
+        let (_, accepted, events) = block.as_ref().expect("just read");
+        insert_dead_letter(
+            tx,
+            destination,
+            id,
+            *accepted,
+            &events[(id - first) as usize],
+            info,
+        )
+        .map_err(err)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
