@@ -5,12 +5,12 @@
 //! fsync'd transaction: a crash resumes after the last acknowledged chunk.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::reader::Position;
-use crate::spool::{DeadLetterStore, SpoolError};
+use crate::spool::{open_connection, store_err, DeadLetterStore, SpoolError};
 
 /// What is known about one batch file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -53,29 +53,41 @@ pub fn identify(path: &Path) -> std::io::Result<(u64, i64, Vec<u8>)> {
     Ok((meta.len(), mtime_ms, digest.as_ref().to_vec()))
 }
 
-/// Batch progress and batch dead letters, in the spool file.
+/// Batch progress (its own table and connection) and batch dead letters, in the spool file.
 pub struct BatchStore {
+    conn: Connection,
+    path: PathBuf,
     dead: DeadLetterStore,
 }
 
 impl BatchStore {
     pub fn open(spool_path: &Path) -> Result<Self, SpoolError> {
+        // Creates the spool file (and its directory) when a batch run comes before the daemon.
+        let dead = DeadLetterStore::open_or_create(spool_path)?;
+        let conn = open_connection(spool_path)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS batch_files (
+                 path TEXT PRIMARY KEY, dest TEXT NOT NULL, size INTEGER NOT NULL, mtime_ms INTEGER NOT NULL,
+                 fingerprint BLOB NOT NULL, offset INTEGER NOT NULL, line INTEGER NOT NULL,
+                 users INTEGER NOT NULL, segments INTEGER NOT NULL, requests INTEGER NOT NULL,
+                 rejects INTEGER NOT NULL, rejects_len INTEGER NOT NULL, dead_lettered INTEGER NOT NULL,
+                 status TEXT NOT NULL, error TEXT, started_at INTEGER NOT NULL, finished_at INTEGER) WITHOUT ROWID;",
+        )
+        .map_err(|e| store_err(spool_path, e))?;
         Ok(Self {
-            dead: DeadLetterStore::open_or_create(spool_path)?,
+            conn,
+            path: spool_path.to_owned(),
+            dead,
         })
     }
 
     fn err(&self, e: rusqlite::Error) -> SpoolError {
-        SpoolError::Store {
-            path: self.dead.path().display().to_string(),
-            message: e.to_string(),
-        }
+        store_err(&self.path, e)
     }
 
     /// The state of `path`, if it was ever picked up.
     pub fn get(&self, path: &str) -> Result<Option<FileState>, SpoolError> {
-        self.dead
-            .connection()
+        self.conn
             .query_row(
                 "SELECT path, dest, size, mtime_ms, fingerprint, offset, line, users, segments, requests, rejects,
                         rejects_len, dead_lettered, status, error, started_at, finished_at
@@ -111,8 +123,8 @@ impl BatchStore {
 
     /// Files of `destination` a previous run left unfinished.
     pub fn unfinished(&self, destination: &str) -> Result<Vec<String>, SpoolError> {
-        let conn = self.dead.connection();
-        let mut st = conn
+        let mut st = self
+            .conn
             .prepare(
                 "SELECT path FROM batch_files WHERE dest = ?1 AND status = 'running' ORDER BY path",
             )
@@ -125,8 +137,7 @@ impl BatchStore {
 
     /// Writes `st` durably (one fsync'd transaction).
     pub fn save(&self, st: &FileState) -> Result<(), SpoolError> {
-        self.dead
-            .connection()
+        self.conn
             .execute(
                 "INSERT OR REPLACE INTO batch_files
                    (path, dest, size, mtime_ms, fingerprint, offset, line, users, segments, requests, rejects,

@@ -73,11 +73,6 @@ impl DeadLetterStore {
         store_err(&self.path, e)
     }
 
-    /// The connection, for other tables in the same file (batch checkpoints).
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }

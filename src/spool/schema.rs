@@ -60,13 +60,7 @@ pub fn open_connection(path: &Path) -> Result<Connection, SpoolError> {
                  dest TEXT NOT NULL, id INTEGER NOT NULL, accepted_at INTEGER NOT NULL, body BLOB NOT NULL,
                  reason TEXT NOT NULL, status INTEGER, attempts INTEGER NOT NULL,
                  first_attempt_at INTEGER NOT NULL, last_attempt_at INTEGER NOT NULL, request_id TEXT NOT NULL,
-                 PRIMARY KEY (dest, id)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS batch_files (
-                 path TEXT PRIMARY KEY, dest TEXT NOT NULL, size INTEGER NOT NULL, mtime_ms INTEGER NOT NULL,
-                 fingerprint BLOB NOT NULL, offset INTEGER NOT NULL, line INTEGER NOT NULL,
-                 users INTEGER NOT NULL, segments INTEGER NOT NULL, requests INTEGER NOT NULL,
-                 rejects INTEGER NOT NULL, rejects_len INTEGER NOT NULL, dead_lettered INTEGER NOT NULL,
-                 status TEXT NOT NULL, error TEXT, started_at INTEGER NOT NULL, finished_at INTEGER) WITHOUT ROWID;",
+                 PRIMARY KEY (dest, id)) WITHOUT ROWID;",
         )?;
         let schema: i64 =
             conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
