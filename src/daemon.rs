@@ -114,11 +114,11 @@ fn start_kafka(
             d.sender.clone(),
             d.lane_options.clone(),
             d.metrics.clone(),
-            spool.clone(),
             state_rx.clone(),
-            lane::StreamSink {
-                acks: shared.clone(),
+            crate::kafka::KafkaAcks {
+                shared: shared.clone(),
                 dead: dead.clone(),
+                destination: d.name.as_str().into(),
             },
         );
         inputs.insert(

@@ -34,17 +34,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock::now_ms;
 use crate::config::KafkaSourceConfig;
+use crate::delivery::lane::Acknowledge;
 use crate::payload::{render_user, IntakeEvent, UserRecord};
 use crate::shutdown::RunState;
 use crate::spool::{DeadLetterInfo, DeadLetterStore};
-
-/// Where a stream lane's records come from and how they settle.
-pub trait StreamAcks: Send + Sync {
-    /// The records with these ids were delivered or durably dead-lettered.
-    fn settled(&self, ids: &[u64]);
-    /// Whether any of these records still counts (its partition was not revoked since).
-    fn current(&self, ids: &[u64]) -> bool;
-}
 
 type PartKey = (usize, Arc<str>, i32);
 
@@ -159,17 +152,60 @@ pub struct KafkaShared {
     pub metrics: KafkaMetrics,
 }
 
-impl StreamAcks for KafkaShared {
-    fn settled(&self, ids: &[u64]) {
+impl KafkaShared {
+    /// The records with these tickets were delivered or durably dead-lettered.
+    pub fn settled(&self, ids: &[u64]) {
         self.tracker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .settle(ids);
     }
 
-    fn current(&self, ids: &[u64]) -> bool {
+    /// Whether any of these records still counts (its partition was not revoked since).
+    pub fn current(&self, ids: &[u64]) -> bool {
         let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
         ids.iter().any(|id| t.is_current(*id))
+    }
+}
+
+/// A stream lane's acknowledgements: offsets settle (and commit at the low watermark); dead
+/// letters are stored from the bodies, which live nowhere else, before they settle.
+pub struct KafkaAcks {
+    pub shared: Arc<KafkaShared>,
+    /// The one dead-letter store of the Kafka runtime (shared with poison records).
+    pub dead: Arc<Mutex<DeadLetterStore>>,
+    pub destination: Arc<str>,
+}
+
+impl Acknowledge for KafkaAcks {
+    const KEEPS_BODIES: bool = true;
+
+    fn delivered(&self, ids: Vec<u64>, _bytes: u64) {
+        self.shared.settled(&ids);
+    }
+
+    async fn dead_letter(
+        &self,
+        ids: Vec<u64>,
+        _bytes: u64,
+        bodies: Vec<Bytes>,
+        info: DeadLetterInfo,
+    ) -> Result<(), String> {
+        let (dead, name) = (self.dead.clone(), self.destination.clone());
+        tokio::task::spawn_blocking(move || {
+            dead.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(&name, &bodies, now_ms(), &info)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        self.shared.settled(&ids);
+        Ok(())
+    }
+
+    fn current(&self, ids: &[u64]) -> bool {
+        self.shared.current(ids)
     }
 }
 

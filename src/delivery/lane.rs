@@ -33,7 +33,7 @@ use crate::config::RetryPolicy;
 use crate::metrics::DestinationMetrics;
 use crate::payload::UserRecord;
 use crate::shutdown::{wait_for, RunState};
-use crate::spool::{Spool, SpoolError, SpoolReader};
+use crate::spool::{DeadLetterInfo, Spool, SpoolError, SpoolReader};
 
 /// How long an idle lane waits before looking at the spool again on its own.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -61,61 +61,132 @@ pub struct LaneHandle {
     pub max_record_bytes: usize,
 }
 
-struct Lane {
+struct Lane<A> {
     name: Arc<str>,
     sender: Arc<Sender>,
-    spool: Arc<Spool>,
     metrics: Arc<DestinationMetrics>,
     opts: LaneOptions,
     circuit: Circuit,
-    /// Stream lanes (Kafka): how delivered or dead-lettered events settle. Spool lanes: none
-    /// (the spool row is deleted or moved).
-    stream: Option<StreamSink>,
+    acks: A,
 }
 
-/// Where a stream lane's outcomes go: settled tickets, and dead letters for bodies that were
-/// never in the spool (one store, shared with the Kafka source's poison records).
-#[derive(Clone)]
-pub struct StreamSink {
-    pub acks: Arc<dyn crate::kafka::StreamAcks>,
-    pub dead: Arc<std::sync::Mutex<crate::spool::DeadLetterStore>>,
+/// Where a lane's events come from: the spool (by cursor) or a stream (a channel fed by Kafka).
+pub trait Source: Send + 'static {
+    /// Up to `limit` events after those read before, without waiting for new ones; empty when
+    /// caught up.
+    fn read(
+        &mut self,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<UserRecord>, String>> + Send;
+
+    /// Waits until there may be more to read. Returns events that arrived meanwhile (possibly
+    /// none), or `None` when the source is gone for good.
+    fn wait(&mut self) -> impl std::future::Future<Output = Option<Vec<UserRecord>>> + Send;
 }
 
-impl Lane {
-    /// Moves a given-up batch to the dead letters, durably: a spool lane moves its rows, a
-    /// stream lane stores the bodies and then settles the tickets.
-    async fn dead_letter(
+/// How a lane's resolved events settle: the one acknowledgement mechanism, with two sinks (the
+/// spool marks events done or moves them to the dead letters; a Kafka stream settles offsets
+/// and stores dead letters' bodies, which live nowhere else).
+pub trait Acknowledge: Send + Sync + 'static {
+    /// Whether dead letters need the events' bodies handed over.
+    const KEEPS_BODIES: bool;
+
+    /// The partner accepted these events (`bytes`: the size of their bodies).
+    fn delivered(&self, ids: Vec<u64>, bytes: u64);
+
+    /// Given up: store them as dead letters, durably, before they count as settled.
+    fn dead_letter(
         &self,
         ids: Vec<u64>,
         bytes: u64,
         bodies: Vec<bytes::Bytes>,
-        info: crate::spool::DeadLetterInfo,
-    ) -> Result<(), String> {
-        let Some(stream) = &self.stream else {
-            return self
-                .spool
-                .dead_letter(self.name.clone(), ids, bytes, info)
-                .await
-                .map_err(|e| e.to_string());
-        };
-        let (dead, name) = (stream.dead.clone(), self.name.clone());
-        tokio::task::spawn_blocking(move || {
-            dead.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add(&name, &bodies, now_ms(), &info)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        stream.acks.settled(&ids);
-        Ok(())
+        info: DeadLetterInfo,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+
+    /// Whether these events still belong to this lane (a revoked Kafka partition's events
+    /// belong to its new owner); asked before each retry.
+    fn current(&self, _ids: &[u64]) -> bool {
+        true
     }
 }
 
-/// Where a lane's events come from.
-enum Feed {
-    Spool(Arc<SpoolReader>),
-    Stream(tokio::sync::mpsc::Receiver<UserRecord>),
+/// A spool lane's source: its destination's events by id, woken by the intake.
+struct SpoolSource {
+    reader: Arc<SpoolReader>,
+    cursor: u64,
+    notify: Arc<Notify>,
+}
+
+impl Source for SpoolSource {
+    async fn read(&mut self, limit: usize) -> Result<Vec<UserRecord>, String> {
+        let rows = match self.reader.read_cached(self.cursor, limit) {
+            // Inside the block read last: no blocking call needed.
+            Some(rows) => rows,
+            None => {
+                let (r, after) = (self.reader.clone(), self.cursor);
+                tokio::task::spawn_blocking(move || r.read_after(after, limit))
+                    .await
+                    .map_err(|e| format!("spool reader task failed: {e}"))?
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        if let Some(last) = rows.last() {
+            self.cursor = last.id;
+        }
+        Ok(rows)
+    }
+
+    async fn wait(&mut self) -> Option<Vec<UserRecord>> {
+        self.notify.notified().await;
+        Some(Vec::new())
+    }
+}
+
+/// A spool lane's acknowledgements: done-bits, or a durable move to the dead letters.
+struct SpoolAcks {
+    spool: Arc<Spool>,
+    name: Arc<str>,
+}
+
+impl Acknowledge for SpoolAcks {
+    const KEEPS_BODIES: bool = false;
+
+    fn delivered(&self, ids: Vec<u64>, bytes: u64) {
+        self.spool.ack(self.name.clone(), ids, bytes);
+    }
+
+    async fn dead_letter(
+        &self,
+        ids: Vec<u64>,
+        bytes: u64,
+        _bodies: Vec<bytes::Bytes>,
+        info: DeadLetterInfo,
+    ) -> Result<(), String> {
+        self.spool
+            .dead_letter(self.name.clone(), ids, bytes, info)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A stream lane's source: records handed over on a bounded channel.
+struct StreamSource(tokio::sync::mpsc::Receiver<UserRecord>);
+
+impl Source for StreamSource {
+    async fn read(&mut self, limit: usize) -> Result<Vec<UserRecord>, String> {
+        let mut rows = Vec::new();
+        while rows.len() < limit {
+            match self.0.try_recv() {
+                Ok(r) => rows.push(r),
+                Err(_) => break,
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn wait(&mut self) -> Option<Vec<UserRecord>> {
+        self.0.recv().await.map(|r| vec![r])
+    }
 }
 
 /// Starts a lane for `sender`'s destination.
@@ -142,20 +213,21 @@ pub fn spawn(
     };
     let lane = Arc::new(Lane {
         circuit: Circuit::new(&opts.retry),
+        acks: SpoolAcks {
+            spool,
+            name: name.clone(),
+        },
         name,
         sender,
-        spool,
         metrics,
         opts,
-        stream: None,
     });
-    let task = tokio::spawn(run(
-        lane,
-        Feed::Spool(Arc::new(reader)),
-        batcher,
+    let source = SpoolSource {
+        reader: Arc::new(reader),
+        cursor: 0,
         notify,
-        state,
-    ));
+    };
+    let task = tokio::spawn(run(lane, source, batcher, state));
     Ok((handle, task))
 }
 
@@ -167,9 +239,8 @@ pub fn spawn_stream(
     sender: Arc<Sender>,
     opts: LaneOptions,
     metrics: Arc<DestinationMetrics>,
-    spool: Arc<Spool>,
     state: watch::Receiver<RunState>,
-    sink: StreamSink,
+    acks: impl Acknowledge,
 ) -> (
     tokio::sync::mpsc::Sender<UserRecord>,
     usize,
@@ -186,74 +257,38 @@ pub fn spawn_stream(
         circuit: Circuit::new(&opts.retry),
         name: sender.destination.as_str().into(),
         sender,
-        spool,
         metrics,
         opts,
-        stream: Some(sink),
+        acks,
     });
-    let task = tokio::spawn(run(
-        lane,
-        Feed::Stream(rx),
-        batcher,
-        Arc::new(Notify::new()),
-        state,
-    ));
+    let task = tokio::spawn(run(lane, StreamSource(rx), batcher, state));
     (tx, max_record, task)
 }
 
-async fn run(
-    lane: Arc<Lane>,
-    mut feed: Feed,
+async fn run<A: Acknowledge>(
+    lane: Arc<Lane<A>>,
+    mut source: impl Source,
     mut batcher: Batcher,
-    notify: Arc<Notify>,
     mut state: watch::Receiver<RunState>,
 ) {
     let window = Arc::new(Semaphore::new(lane.opts.max_in_flight));
     let read_limit = lane.opts.max_users * lane.opts.max_in_flight;
     let mut in_flight = JoinSet::new();
-    let mut cursor = 0u64;
     let mut ready: Vec<Vec<UserRecord>> = Vec::new();
     'outer: loop {
         while in_flight.try_join_next().is_some() {}
         if *state.borrow() == RunState::Stop {
             break;
         }
-        let rows = match &mut feed {
-            Feed::Stream(rx) => {
-                let mut rows = Vec::new();
-                while rows.len() < read_limit {
-                    match rx.try_recv() {
-                        Ok(r) => rows.push(r),
-                        Err(_) => break,
-                    }
-                }
-                rows
+        let rows = match source.read(read_limit).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(destination = %lane.name, error = %e, "reading the lane's events failed; retrying in 1 s");
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
             }
-            Feed::Spool(reader) => match reader.read_cached(cursor, read_limit) {
-                // Inside the block read last: no blocking call needed.
-                Some(rows) => rows,
-                None => {
-                    let r = reader.clone();
-                    match tokio::task::spawn_blocking(move || r.read_after(cursor, read_limit))
-                        .await
-                    {
-                        Ok(Ok(rows)) => rows,
-                        Ok(Err(e)) => {
-                            tracing::error!(destination = %lane.name, error = %e, "reading the spool failed; retrying in 1 s");
-                            tokio::time::sleep(IDLE_POLL).await;
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::error!(destination = %lane.name, error = %e, "spool reader task failed");
-                            tokio::time::sleep(IDLE_POLL).await;
-                            continue;
-                        }
-                    }
-                }
-            },
         };
-        if let Some(last) = rows.last() {
-            cursor = last.id;
+        if !rows.is_empty() {
             lane.metrics
                 .in_flight_users
                 .fetch_add(rows.len() as u64, Relaxed);
@@ -262,7 +297,7 @@ async fn run(
                 batcher.push(row, now, |b| ready.push(b));
             }
         } else {
-            // Caught up with the spool.
+            // Caught up with the source.
             let draining = *state.borrow() != RunState::Running;
             if draining {
                 ready.extend(batcher.take());
@@ -271,16 +306,14 @@ async fn run(
                 }
             } else {
                 let deadline = batcher.deadline(lane.opts.linger);
-                let stream_rx = match &mut feed {
-                    Feed::Stream(rx) => Some(rx),
-                    Feed::Spool(_) => None,
-                };
-                let has_stream = stream_rx.is_some();
                 tokio::select! {
-                    r = recv_some(stream_rx), if has_stream => match r {
-                        Some(row) => {
-                            lane.metrics.in_flight_users.fetch_add(1, Relaxed);
-                            batcher.push(row, Instant::now(), |b| ready.push(b));
+                    more = source.wait() => match more {
+                        Some(rows) => {
+                            lane.metrics.in_flight_users.fetch_add(rows.len() as u64, Relaxed);
+                            let now = Instant::now();
+                            for row in rows {
+                                batcher.push(row, now, |b| ready.push(b));
+                            }
                         }
                         // The source is gone: deliver what is batched, then stop.
                         None => {
@@ -288,7 +321,6 @@ async fn run(
                             if ready.is_empty() { break; }
                         }
                     },
-                    _ = notify.notified() => {}
                     _ = sleep_until(deadline), if deadline.is_some() => ready.extend(batcher.take()),
                     _ = tokio::time::sleep(IDLE_POLL) => {}
                     _ = state.changed() => {}
@@ -296,7 +328,7 @@ async fn run(
             }
         }
         for batch in ready.drain(..) {
-            // Waiting for a slot here is the backpressure: the spool is not read meanwhile.
+            // Waiting for a slot here is the backpressure: the source is not read meanwhile.
             let permit = tokio::select! {
                 p = window.clone().acquire_owned() => p.expect("semaphore never closed"),
                 _ = wait_for(&mut state, RunState::Stop) => break 'outer,
@@ -313,13 +345,6 @@ async fn run(
     tracing::debug!(destination = %lane.name, "lane stopped");
 }
 
-async fn recv_some(rx: Option<&mut tokio::sync::mpsc::Receiver<UserRecord>>) -> Option<UserRecord> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -328,11 +353,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Delivers one batch until it is acknowledged, dead-lettered, or the daemon stops.
-async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver<RunState>) {
+async fn deliver<A: Acknowledge>(
+    lane: &Lane<A>,
+    batch: Vec<UserRecord>,
+    mut state: watch::Receiver<RunState>,
+) {
     let ids: Vec<u64> = batch.iter().map(|u| u.id).collect();
     let accepted: Vec<i64> = batch.iter().map(|u| u.accepted_at_ms).collect();
     // A stream lane dead-letters bodies that are not in the spool: keep them (cheap clones).
-    let bodies: Vec<bytes::Bytes> = if lane.stream.is_some() {
+    let bodies: Vec<bytes::Bytes> = if A::KEEPS_BODIES {
         batch.iter().map(|u| u.json.clone()).collect()
     } else {
         Vec::new()
@@ -353,32 +382,24 @@ async fn deliver(lane: &Lane, batch: Vec<UserRecord>, mut state: watch::Receiver
     let users = ids.len() as u64;
     let m = &lane.metrics;
     m.bytes_raw.fetch_add(req.raw_len as u64, Relaxed);
-    let acks = lane.stream.as_ref().map(|s| s.acks.clone());
-    let ticket_ids = ids.clone();
-    let wanted = move || acks.as_ref().is_none_or(|a| a.current(&ticket_ids));
+    let wanted = || lane.acks.current(&ids);
     let ctx = Resolver {
         sender: &lane.sender,
         retry: &lane.opts.retry,
         retry_permanent: lane.opts.retry_permanent,
         circuit: &lane.circuit,
         metrics: m,
-        still_wanted: lane
-            .stream
-            .is_some()
-            .then_some(&wanted as &(dyn Fn() -> bool + Send + Sync)),
+        still_wanted: Some(&wanted),
     };
     match ctx.resolve(&req, oldest_ms, &mut state).await {
         Resolution::Delivered => {
-            match &lane.stream {
-                Some(stream) => stream.acks.settled(&ids),
-                None => lane.spool.ack(lane.name.clone(), ids, bytes),
-            }
+            lane.acks.delivered(ids, bytes);
             m.bytes_sent.fetch_add(req.body.len() as u64, Relaxed);
             m.requests_ok.fetch_add(1, Relaxed);
             m.delivered_users.fetch_add(users, Relaxed);
             m.record_lag(accepted.into_iter(), now_ms());
         }
-        Resolution::Dead(info) => match lane.dead_letter(ids, bytes, bodies, info).await {
+        Resolution::Dead(info) => match lane.acks.dead_letter(ids, bytes, bodies, info).await {
             Ok(()) => {
                 m.dead_lettered_users.fetch_add(users, Relaxed);
                 m.failed_users.fetch_add(users, Relaxed);
