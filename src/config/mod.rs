@@ -1,0 +1,158 @@
+//! The operator's TOML configuration.
+//!
+//! Parsing happens in two steps. First the file is deserialized into the raw [`schema`], which
+//! mirrors the TOML exactly (`deny_unknown_fields` everywhere, so a typo is an error, not a
+//! silently ignored key); `serde_path_to_error` tells us the dotted key of any error and the
+//! TOML span gives the line. Then [`validate`] checks what serde cannot and produces the
+//! [`model`] the daemon runs on, loading [`secrets`] once into [`SecretString`]s that are never
+//! printed ([`Config`]'s `Debug` shows `[REDACTED]`). Every error names the file, the line and
+//! the key (`irisd.toml:14: destination[0].auth.token_url: ...`).
+//!
+//! [`SecretString`]: secrecy::SecretString
+
+mod model;
+mod schema;
+pub mod secrets;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+use schema::RawConfig;
+use validate::{line_col, Ctx};
+
+use crate::oauth::Credentials;
+
+/// A configuration problem, with enough context to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or does not fit the schema (unknown key, wrong type, missing key).
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    /// The TOML parsed but a value is not acceptable.
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Only the `[spool]` section of a configuration file (the rest is checked for syntax and
+    /// schema but secrets are not loaded): what `irisd dlq` needs.
+    pub fn load_spool(path: &Path) -> Result<SpoolConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw = parse_raw(path, &text)?;
+        let ctx = Ctx {
+            path,
+            text: &text,
+            strict_permissions: false,
+        };
+        ctx.spool(&raw.spool)
+    }
+
+    /// Parses and validates configuration text; `path` is used in messages and to resolve
+    /// relative file paths.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw = parse_raw(path, text)?;
+        let ctx = Ctx {
+            path,
+            text,
+            strict_permissions: raw.strict_permissions,
+        };
+        ctx.config(raw)
+    }
+}
+
+fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        let (line, column) = inner
+            .span()
+            .map(|s| line_col(text, s.start))
+            .unwrap_or((1, 1));
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            message: inner.message().to_string(),
+        }
+    })
+}
+
+impl Config {
+    /// A human-readable summary for `irisd check-config`: every destination, secrets as `***`.
+    pub fn summary(&self) -> String {
+        use fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{}: OK, intake on {}",
+            self.path.display(),
+            self.intake.listen
+        );
+        for d in &self.destinations {
+            let cred = match &d.auth.credentials {
+                Credentials::ClientSecret { client_id, .. } => {
+                    format!("client_id={client_id} client_secret=***")
+                }
+                Credentials::Basic(_) => "basic_credentials=***".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "destination {:?} (profile {:?}): AAM_Destination_Id={} User_DPID={} Client_ID={}\n  token  POST {} ({cred}{})\n  publish {} {} gzip={} max_users={} max_bytes={} linger={}ms timeout={}ms max_in_flight={}{}",
+                d.name,
+                d.profile,
+                d.destination_id,
+                d.user_dpid,
+                d.aam_client_id,
+                d.auth.token_url,
+                d.auth.scope.as_ref().map(|s| format!(" scope={s:?}")).unwrap_or_default(),
+                d.publish.method,
+                d.publish.url,
+                d.publish.gzip,
+                d.publish.max_users,
+                d.publish.max_bytes,
+                d.publish.linger.as_millis(),
+                d.publish.timeout.as_millis(),
+                d.publish.max_in_flight,
+                if d.allow_insecure_http { "\n  WARNING: allow_insecure_http = true" } else { "" },
+            );
+        }
+        out
+    }
+}
