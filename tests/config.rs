@@ -138,6 +138,13 @@ fn wrong_types_and_values_are_named() {
         e.starts_with("irisd.toml:17: destination[0].publish.max_users:"),
         "{e}"
     );
+    // A wrong type names the key as written, not serde's internal name for a spanned value.
+    let e = err(&format!("{BASE}max_users = \"ten\"\n"));
+    assert!(
+        e.starts_with("irisd.toml:17:13: destination[0].publish.max_users: invalid type"),
+        "{e}"
+    );
+    assert!(!e.contains("serde_spanned"), "{e}");
 }
 
 #[test]

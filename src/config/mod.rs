@@ -94,7 +94,7 @@ impl Config {
 fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
     let de = toml::Deserializer::new(text);
     serde_path_to_error::deserialize(de).map_err(|err| {
-        let key = err.path().to_string();
+        let key = dotted_key(err.path());
         let inner = err.into_inner();
         let (line, column) = inner
             .span()
@@ -104,7 +104,7 @@ fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
             path: path.to_owned(),
             line,
             column,
-            key: if key == "." {
+            key: if key.is_empty() {
                 "(top level)".into()
             } else {
                 key
@@ -112,6 +112,30 @@ fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
             message: inner.message().to_string(),
         }
     })
+}
+
+/// The key as the operator wrote it (`destination[0].publish.max_users`), without the
+/// internal field toml's `Spanned` values add to the path.
+fn dotted_key(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        let name = match segment {
+            Segment::Seq { index } => {
+                key.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key } if key.starts_with("$__serde_spanned_private") => continue,
+            Segment::Map { key } => key.as_str(),
+            Segment::Enum { variant } => variant.as_str(),
+            Segment::Unknown => "?",
+        };
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(name);
+    }
+    key
 }
 
 impl Config {
