@@ -11,7 +11,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
 
-use super::{MockState, Received};
+use super::{MockState, Received, Record};
 use crate::payload::parse_payload;
 use crate::server::json_response;
 use crate::transport::{decode_body, DecodeError};
@@ -226,16 +226,14 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
                 s.segments_accepted += segments as u64;
             });
             let detail = format!("{users} users, {segments} segments, token of {client}");
-            state.record(
+            state.record(Record {
                 seq,
-                &parts.method,
-                parts.uri.path(),
-                &parts.headers,
-                body.len(),
-                StatusCode::OK,
-                "accepted",
-                &detail,
-            );
+                request: parts,
+                body_bytes: body.len(),
+                status: StatusCode::OK,
+                verdict: "accepted",
+                detail: &detail,
+            });
             let request_id = parts
                 .headers
                 .get("x-request-id")
@@ -259,16 +257,14 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
                     .entry(r.reason.to_string())
                     .or_default() += 1
             });
-            state.record(
+            state.record(Record {
                 seq,
-                &parts.method,
-                parts.uri.path(),
-                &parts.headers,
-                body.len(),
-                r.status,
-                r.reason,
-                &r.detail,
-            );
+                request: parts,
+                body_bytes: body.len(),
+                status: r.status,
+                verdict: r.reason,
+                detail: &r.detail,
+            });
             let mut resp = json_response(
                 r.status,
                 &serde_json::json!({ "error": r.reason, "error_description": r.detail }),

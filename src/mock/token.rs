@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
-use super::{Client, Issued, MockState};
+use super::{Client, Issued, MockState, Record};
 use crate::oauth::client::TOKEN_CONTENT_TYPE;
 
 const REALM: &str = "irisd-mock";
@@ -511,16 +511,14 @@ pub fn handle(state: &MockState, parts: &Parts, body: &Bytes) -> Response<Full<B
             )
         }
     };
-    state.record(
+    state.record(Record {
         seq,
-        &parts.method,
-        parts.uri.path(),
-        &parts.headers,
-        body.len(),
-        response.status(),
-        &verdict,
-        &detail,
-    );
+        request: parts,
+        body_bytes: body.len(),
+        status: response.status(),
+        verdict: &verdict,
+        detail: &detail,
+    });
     response
 }
 
