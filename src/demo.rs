@@ -66,6 +66,30 @@ impl DemoSummary {
     }
 }
 
+impl std::fmt::Display for DemoSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "irisd demo summary\n  events accepted     {}\n  events delivered    {}\n  events failed       {}\n  publish requests    {}\n  token fetches       {}\n  partner saw         {} users in {} requests\n  throughput          {:.0} events/s\n  publish latency     p50 {:.2} ms, p99 {:.2} ms\n  result              {}",
+            self.accepted,
+            self.delivered,
+            self.failed,
+            self.requests,
+            self.token_fetches,
+            self.partner_users,
+            self.partner_requests,
+            self.users_per_sec,
+            self.latency_p50_ms,
+            self.latency_p99_ms,
+            if self.complete() {
+                "OK: every accepted event was delivered"
+            } else {
+                "FAILED: accepted events were not all delivered"
+            }
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("demo: {0}")]
 pub struct DemoError(String);

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod batch;
 pub mod bench;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use irisd::config::Config;
-use irisd::daemon::Daemon;
-use irisd::mock::{ClientSpec, MockConfig, MockPartner};
+use irisd::commands::{self, verify::VerifyFormat, Format};
+use irisd::config::{Config, PublishMethod};
 
 /// irisd delivers Audience Manager segment qualifications to partners over OAuth 2.0, the way
 /// Adobe's IRIS does: it gets bearer tokens from each partner's token endpoint (client
@@ -123,9 +122,9 @@ enum Command {
         /// Scope to request.
         #[arg(long)]
         scope: Option<String>,
-        /// Publish method the destination will use.
+        /// Publish method the destination will use: GET, POST or PUT.
         #[arg(long, default_value = "POST")]
-        method: String,
+        method: PublishMethod,
         /// Extra trust root (PEM).
         #[arg(long)]
         ca_file: Option<PathBuf>,
@@ -134,7 +133,7 @@ enum Command {
         timeout_ms: u64,
         /// `table`, `json` or `junit`.
         #[arg(long, default_value = "table")]
-        format: String,
+        format: VerifyFormat,
     },
     /// Show a running daemon's per-destination summary (from its admin listener).
     Status {
@@ -249,7 +248,7 @@ enum DlqAction {
         limit: usize,
         /// `text` or `json` (one object per line).
         #[arg(long, default_value = "text")]
-        format: String,
+        format: Format,
     },
     /// Show one dead letter, with the user record it holds.
     Show {
@@ -326,8 +325,10 @@ fn init_logging(format: &str) -> Result<(), String> {
 }
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
-    match cmd {
-        Command::Run { config, grace_secs } => run(config, Duration::from_secs(grace_secs)).await,
+    Ok(match cmd {
+        Command::Run { config, grace_secs } => {
+            commands::run::run(&config, Duration::from_secs(grace_secs)).await?
+        }
         Command::MockPartner {
             config,
             listen,
@@ -338,30 +339,62 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             require_client_cert,
             faults,
         } => {
-            mock_partner(
+            commands::mock_partner::run(commands::mock_partner::MockPartnerArgs {
                 config,
                 listen,
                 tls_dir,
                 clients,
                 token_ttl,
-                (strict, require_client_cert),
+                strict,
+                require_client_cert,
                 faults,
-            )
-            .await
+            })
+            .await?
         }
-        Command::Demo { seconds } => demo(seconds).await,
+        Command::Demo { seconds } => {
+            let summary = irisd::demo::run(irisd::demo::DemoOptions {
+                duration: Duration::from_secs(seconds),
+                ..Default::default()
+            })
+            .await?;
+            println!("\n{summary}");
+            if summary.complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Bench(args) => {
             let report = irisd::bench::run(args.options()?).await?;
             println!("{}", serde_json::to_string(&report)?);
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         Command::CheckConfig { file } => {
-            let config = Config::load(&file)?;
-            print!("{}", config.summary());
-            Ok(ExitCode::SUCCESS)
+            print!("{}", Config::load(&file)?.summary());
+            ExitCode::SUCCESS
         }
-        Command::Dlq { action } => dlq(action),
-        Command::Status { admin, token_file } => status(admin, token_file).await,
+        Command::Dlq { action } => match action {
+            DlqAction::List {
+                config,
+                destination,
+                limit,
+                format,
+            } => commands::dlq::list(&config, destination.as_deref(), limit, format)?,
+            DlqAction::Show { config, id } => commands::dlq::show(&config, id)?,
+            DlqAction::Replay {
+                config,
+                destination,
+                id,
+            } => commands::dlq::replay(&config, destination.as_deref(), id)?,
+            DlqAction::Purge {
+                config,
+                destination,
+                id,
+            } => commands::dlq::purge(&config, destination.as_deref(), id)?,
+        },
+        Command::Status { admin, token_file } => {
+            commands::status::run(admin, token_file.as_deref()).await?
+        }
         Command::Verify {
             token_url,
             publish_url,
@@ -376,55 +409,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             timeout_ms,
             format,
         } => {
-            let read_env = |v: &str| {
-                std::env::var(v).with_context(|| format!("environment variable {v} is not set"))
-            };
-            let read_file = |p: &PathBuf| -> anyhow::Result<String> {
-                Ok(std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string())
-            };
-            let credentials = match (client_id, client_secret_env, client_secret_file, basic_env, basic_file) {
-                (Some(id), Some(env), None, None, None) => irisd::oauth::Credentials::ClientSecret {
-                    client_id: id,
-                    secret: secrecy::SecretString::from(read_env(&env)?),
-                },
-                (Some(id), None, Some(file), None, None) => irisd::oauth::Credentials::ClientSecret {
-                    client_id: id,
-                    secret: secrecy::SecretString::from(read_file(&file)?),
-                },
-                (None, None, None, Some(env), None) => irisd::oauth::Credentials::Basic(secrecy::SecretString::from(read_env(&env)?)),
-                (None, None, None, None, Some(file)) => irisd::oauth::Credentials::Basic(secrecy::SecretString::from(read_file(&file)?)),
-                _ => bail!("give --client-id with --client-secret-env or --client-secret-file, or one of --basic-env, --basic-file"),
-            };
-            let method = match method.to_ascii_uppercase().as_str() {
-                "GET" => http::Method::GET,
-                "POST" => http::Method::POST,
-                "PUT" => http::Method::PUT,
-                other => bail!("--method {other:?}: expected GET, POST or PUT"),
-            };
-            let checks = irisd::verify::run(&irisd::verify::VerifyOptions {
+            commands::verify::run(commands::verify::VerifyArgs {
                 token_url,
                 publish_url,
-                credentials,
+                credentials: irisd::config::secrets::CredentialSources {
+                    client_id,
+                    client_secret_env,
+                    client_secret_file,
+                    basic_env,
+                    basic_file,
+                },
                 scope,
                 method,
                 ca_file,
                 timeout: Duration::from_millis(timeout_ms),
+                format,
             })
-            .await;
-            match format.as_str() {
-                "table" => print!("{}", irisd::verify::table(&checks)),
-                "json" => println!("{}", serde_json::to_string_pretty(&checks)?),
-                "junit" => print!("{}", irisd::verify::junit(&checks)),
-                other => bail!("--format {other:?}: expected table, json or junit"),
-            }
-            Ok(if irisd::verify::passed(&checks) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            .await?
         }
         Command::Batch {
             action:
@@ -434,388 +435,6 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     report,
                     files,
                 },
-        } => batch_run(config, destination, report, files).await,
-    }
-}
-
-async fn status(admin: SocketAddr, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    use http_body_util::BodyExt;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let mut req = http::Request::get(format!("http://{admin}/status"));
-    if let Some(f) = token_file {
-        let token = std::fs::read_to_string(&f)
-            .with_context(|| format!("reading the admin token from {}", f.display()))?;
-        let mut v = http::HeaderValue::try_from(format!("Bearer {}", token.trim_end()))
-            .context("the admin token file holds characters a header cannot carry")?;
-        v.set_sensitive(true);
-        req = req.header(http::header::AUTHORIZATION, v);
-    }
-    let resp = client
-        .request(req.body(http_body_util::Full::default())?)
-        .await
-        .with_context(|| {
-            format!("cannot reach the admin listener at {admin} (is [admin] listen set?)")
-        })?;
-    if resp.status() == http::StatusCode::UNAUTHORIZED {
-        anyhow::bail!("the admin listener at {admin} wants a bearer token: pass --token-file");
-    }
-    let body = resp.into_body().collect().await?.to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .context("the admin listener answered something else than status JSON")?;
-    println!("ready: {}", v["ready"]);
-    println!(
-        "{:<20} {:>10} {:>10} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8}  token",
-        "destination",
-        "accepted",
-        "delivered",
-        "dead",
-        "retries",
-        "in flight",
-        "spooled",
-        "p50 ms",
-        "p99 ms"
-    );
-    for d in v["destinations"].as_array().into_iter().flatten() {
-        let token = match &d["token"] {
-            serde_json::Value::Null => "none".to_string(),
-            t => match t["expires_in_s"].as_u64() {
-                Some(e) => format!("age {}s, expires in {e}s", t["age_s"]),
-                None => format!("age {}s, no expiry", t["age_s"]),
-            },
-        };
-        println!(
-            "{:<20} {:>10} {:>10} {:>8} {:>8} {:>9} {:>10} {:>8.1} {:>8.1}  {token}",
-            d["destination"].as_str().unwrap_or("?"),
-            d["accepted"],
-            d["delivered"],
-            d["dead_lettered"],
-            d["retries"],
-            d["in_flight"],
-            d["spooled_events"],
-            d["latency_p50_ms"].as_f64().unwrap_or(0.0),
-            d["latency_p99_ms"].as_f64().unwrap_or(0.0),
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn batch_run(
-    config: PathBuf,
-    destination: String,
-    report_path: Option<PathBuf>,
-    files: Vec<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&config)?;
-    let (state_tx, state) = tokio::sync::watch::channel(irisd::shutdown::RunState::Running);
-    tokio::spawn(async move {
-        if shutdown_signal().await.is_ok() {
-            tracing::warn!("stopping: the file in progress resumes after its last acknowledged chunk next time");
-            let _ = state_tx.send(irisd::shutdown::RunState::Stop);
-        }
-    });
-    let report = irisd::batch::run_now(&config, &destination, files, state).await?;
-    let json = serde_json::to_string_pretty(&report)?;
-    let path = report_path.unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "irisd-batch-{destination}-{}.json",
-            jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
-        ))
-    });
-    std::fs::write(&path, &json)
-        .with_context(|| format!("writing the report to {}", path.display()))?;
-    println!("{json}");
-    eprintln!(
-        "batch {}: {} users in {} requests, {} rejects, {} dead-lettered, {:.1} s ({:.0} users/s); report {}",
-        if report.complete() { "complete" } else { "INCOMPLETE" },
-        report.users,
-        report.requests,
-        report.rejects,
-        report.dead_lettered,
-        report.duration_s,
-        report.users_per_sec,
-        path.display()
-    );
-    Ok(if report.complete() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        } => commands::batch::run(&config, &destination, report, files).await?,
     })
-}
-
-fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
-    use irisd::spool::DeadLetterStore;
-    let open = |config: &PathBuf| -> anyhow::Result<DeadLetterStore> {
-        let spool = Config::load_spool(config)?;
-        Ok(DeadLetterStore::open(&spool.path)?)
-    };
-    let when = |ms: i64| {
-        jiff::Timestamp::from_millisecond(ms)
-            .map(|t| t.to_string())
-            .unwrap_or_else(|_| ms.to_string())
-    };
-    match action {
-        DlqAction::List {
-            config,
-            destination,
-            limit,
-            format,
-        } => {
-            let store = open(&config)?;
-            let list = store.list(destination.as_deref(), limit)?;
-            match format.as_str() {
-                "json" => {
-                    for d in &list {
-                        println!("{}", serde_json::to_string(d)?);
-                    }
-                }
-                "text" => {
-                    println!(
-                        "{:>10}  {:<16} {:>6} {:>8}  {:<24}  reason",
-                        "id", "destination", "status", "attempts", "last attempt"
-                    );
-                    for d in &list {
-                        println!(
-                            "{:>10}  {:<16} {:>6} {:>8}  {:<24}  {}",
-                            d.id,
-                            d.destination,
-                            d.status
-                                .map(|s| s.to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            d.attempts,
-                            when(d.last_attempt_ms),
-                            d.reason
-                        );
-                    }
-                    println!("{} dead letter(s)", list.len());
-                }
-                other => bail!("--format {other:?}: expected text or json"),
-            }
-        }
-        DlqAction::Show { config, id } => {
-            let store = open(&config)?;
-            let Some(d) = store.show(id)? else {
-                bail!("no dead letter with id {id}");
-            };
-            println!(
-                "id:             {}\ndestination:    {}\naccepted:       {}\nstatus:         {}\nattempts:       {}\nfirst attempt:  {}\nlast attempt:   {}\nrequest id:     {}\nreason:         {}\nuser record:    {}",
-                d.id,
-                d.destination,
-                when(d.accepted_at_ms),
-                d.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                d.attempts,
-                when(d.first_attempt_ms),
-                when(d.last_attempt_ms),
-                d.request_id,
-                d.reason,
-                String::from_utf8_lossy(&d.body)
-            );
-        }
-        DlqAction::Replay {
-            config,
-            destination,
-            id,
-        } => {
-            let n = open(&config)?.replay(destination.as_deref(), id)?;
-            println!("{n} dead letter(s) put back into the spool");
-        }
-        DlqAction::Purge {
-            config,
-            destination,
-            id,
-        } => {
-            let n = open(&config)?.purge(destination.as_deref(), id)?;
-            println!("{n} dead letter(s) deleted");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn run(config_path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&config_path)?;
-    let mut daemon = Daemon::start(&config).await?;
-    sd_notify("READY=1");
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
-    loop {
-        #[cfg(unix)]
-        let reload = hangup.recv();
-        #[cfg(not(unix))]
-        let reload = std::future::pending::<Option<()>>();
-        tokio::select! {
-            _ = reload => match Config::load(&config_path) {
-                Ok(new) => match daemon.reload(&new).await {
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "configuration reload refused"),
-                },
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "configuration reload refused; the running configuration stays in force"
-                ),
-            },
-            r = shutdown_signal() => {
-                r?;
-                break;
-            }
-        }
-    }
-    tracing::info!(
-        grace_s = grace.as_secs(),
-        "shutting down: intake closed, sending what is queued"
-    );
-    sd_notify("STOPPING=1");
-    if !daemon.shutdown(grace).await {
-        tracing::warn!("grace period over; undelivered events stay in the spool and go out after the next start");
-    }
-    // Nothing accepted is lost either way: it is delivered, dead-lettered, or spooled.
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Tells systemd (`Type=notify`) about readiness and stopping, when started by it.
-fn sd_notify(state: &str) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::linux::net::SocketAddrExt;
-        use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-            return;
-        };
-        let path = path.to_string_lossy().into_owned();
-        let addr = match path.strip_prefix('@') {
-            Some(abstract_name) => UnixAddr::from_abstract_name(abstract_name.as_bytes()),
-            None => UnixAddr::from_pathname(&path),
-        };
-        let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &a));
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "cannot notify systemd");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = state;
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
-}
-
-async fn mock_partner(
-    config: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    tls_dir: Option<PathBuf>,
-    clients: Vec<String>,
-    token_ttl: Option<String>,
-    (strict, require_client_cert): (bool, bool),
-    faults: Vec<String>,
-) -> anyhow::Result<ExitCode> {
-    let mut cfg = match &config {
-        Some(path) => MockConfig::load(path).map_err(anyhow::Error::msg)?,
-        None => MockConfig::default(),
-    };
-    if let Some(l) = listen {
-        cfg.listen = l;
-    }
-    if let Some(d) = tls_dir {
-        cfg.tls_dir = d;
-    }
-    if let Some(ttl) = token_ttl {
-        cfg.token_ttl_secs = match ttl.as_str() {
-            "none" => None,
-            n => Some(
-                n.parse()
-                    .with_context(|| format!("--token-ttl {n:?}: expected seconds or `none`"))?,
-            ),
-        };
-    }
-    cfg.strict_content_type |= strict;
-    cfg.require_client_cert |= require_client_cert;
-    if !faults.is_empty() {
-        let mut current = serde_json::to_value(&cfg.faults)?;
-        for f in &faults {
-            let (key, value) = f
-                .split_once('=')
-                .with_context(|| format!("--fault {f:?}: expected KEY=VALUE"))?;
-            let parsed: toml::Table = format!("v = {value}").parse().with_context(|| {
-                format!("--fault {f:?}: {value:?} is not a number, boolean or quoted string")
-            })?;
-            current[key.trim()] = serde_json::to_value(&parsed["v"])?;
-        }
-        cfg.faults = serde_json::from_value(current).context("--fault")?;
-    }
-    for c in clients {
-        let Some((id, secret)) = c.split_once(':') else {
-            bail!("--client must be ID:SECRET");
-        };
-        cfg.clients.push(ClientSpec::with_secret(id, secret));
-    }
-    if cfg.clients.is_empty() {
-        let secret = format!("{:032x}", fastrand::u128(..));
-        // Printed on purpose: this is a throwaway credential the operator needs to configure a client.
-        eprintln!(
-            "no --client given; accepting client_id \"iris\" with client_secret \"{secret}\""
-        );
-        cfg.clients.push(ClientSpec::with_secret("iris", &secret));
-    }
-    let mock = MockPartner::start(cfg).await.map_err(anyhow::Error::msg)?;
-    eprintln!(
-        "mock partner listening on https://{}\n  token endpoint:   {}\n  publish endpoint: {}\n  trust this CA:    {}\n  stats:            {}",
-        mock.addr,
-        mock.token_url(),
-        mock.publish_url(),
-        mock.ca_file.display(),
-        mock.url("/_mock/stats"),
-    );
-    if mock.state.config().require_client_cert {
-        let dir = mock.ca_file.parent().unwrap_or(std::path::Path::new("."));
-        eprintln!(
-            "  client certificate required; irisd's [destination.tls]:\n    client_cert_file = \"{}\"\n    client_key_file = \"{}\"",
-            dir.join("client.pem").display(),
-            dir.join("client.key").display()
-        );
-    }
-    shutdown_signal().await?;
-    mock.shutdown().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn demo(seconds: u64) -> anyhow::Result<ExitCode> {
-    let summary = irisd::demo::run(irisd::demo::DemoOptions {
-        duration: Duration::from_secs(seconds),
-        ..Default::default()
-    })
-    .await?;
-    println!(
-        "\nirisd demo summary\n  events accepted     {}\n  events delivered    {}\n  events failed       {}\n  publish requests    {}\n  token fetches       {}\n  partner saw         {} users in {} requests\n  throughput          {:.0} events/s\n  publish latency     p50 {:.2} ms, p99 {:.2} ms",
-        summary.accepted,
-        summary.delivered,
-        summary.failed,
-        summary.requests,
-        summary.token_fetches,
-        summary.partner_users,
-        summary.partner_requests,
-        summary.users_per_sec,
-        summary.latency_p50_ms,
-        summary.latency_p99_ms,
-    );
-    if summary.complete() {
-        println!("  result              OK: every accepted event was delivered");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("  result              FAILED: accepted events were not all delivered");
-        Ok(ExitCode::FAILURE)
-    }
 }

@@ -177,3 +177,41 @@ async fn the_cli_writes_junit_and_json_and_exits_non_zero_on_failure() {
         .lines()
         .all(|l| l.starts_with("PASS")));
 }
+
+// The CLI loads its secret file the way the configuration does: a file others can read is
+// warned about, an empty one refused, and flags that do not go together are named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_loads_secret_files_with_the_configs_rules() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = mock(|_| {}).await;
+    let secret = env.dir.path().join("verify.secret");
+    let run_cli = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_irisd"))
+            .args(["verify", "--token-url", &env.mock.token_url()])
+            .args(["--publish-url", &env.mock.publish_url(), "--format", "json"])
+            .args(extra)
+            .arg("--ca-file")
+            .arg(env.ca())
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = secret.to_str().unwrap();
+    let out = run_cli(&["--client-id", CLIENT_ID, "--client-secret-file", file]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("can be read by group or others"),
+        "{stderr}"
+    );
+    std::fs::write(&secret, "\n").unwrap();
+    let out = run_cli(&["--client-id", CLIENT_ID, "--client-secret-file", file]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is empty"), "{stderr}");
+    let out = run_cli(&["--client-id", CLIENT_ID, "--basic-env", "X"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--client-id"), "{stderr}");
+}

@@ -273,6 +273,19 @@ impl Default for BatchConfig {
     }
 }
 
+impl std::str::FromStr for PublishMethod {
+    type Err = String;
+    /// GET, POST or PUT, in any case.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "GET" => Ok(PublishMethod::Get),
+            "POST" => Ok(PublishMethod::Post),
+            "PUT" => Ok(PublishMethod::Put),
+            other => Err(format!("{other:?} is not one of GET, POST, PUT")),
+        }
+    }
+}
+
 impl fmt::Display for PublishMethod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_method().as_str())

@@ -124,57 +124,64 @@ impl CredentialSources {
             [_, second, ..] => return fail(None, Some(*second), format!("set only one of {all}")),
         }
         let source = set[0];
-        let read = |r: Result<SecretString, String>| {
-            r.map_err(|message| CredentialError {
-                key: Some(source),
-                line_of: Some(source),
-                message,
-            })
-        };
+        let basic = matches!(source, BasicEnv | BasicFile);
+        // What goes together is checked before any secret is read.
+        match (basic, &self.client_id) {
+            (true, Some(_)) => {
+                return fail(
+                    Some(ClientId),
+                    Some(ClientId),
+                    format!(
+                        "{} is not used with {}: the partner-issued value is sent as is",
+                        name(ClientId),
+                        name(source)
+                    ),
+                )
+            }
+            (false, None) => {
+                return fail(
+                    Some(ClientId),
+                    None,
+                    format!(
+                        "{} is required with {} / {}",
+                        name(ClientId),
+                        name(ClientSecretEnv),
+                        name(ClientSecretFile)
+                    ),
+                )
+            }
+            (false, Some(id)) if id.is_empty() => {
+                return fail(Some(ClientId), Some(ClientId), "must not be empty".into())
+            }
+            _ => {}
+        }
         let secret = match source {
-            ClientSecretEnv | BasicEnv => read(from_env(
+            ClientSecretEnv | BasicEnv => from_env(
                 self.client_secret_env
                     .as_deref()
                     .or(self.basic_env.as_deref())
                     .expect("set"),
-            ))?,
-            _ => read(from_file(
+            ),
+            _ => from_file(
                 self.client_secret_file
                     .as_deref()
                     .or(self.basic_file.as_deref())
                     .expect("set"),
                 strict_permissions,
-            ))?,
-        };
-        match (source, &self.client_id) {
-            (BasicEnv | BasicFile, None) => Ok(Credentials::Basic(secret)),
-            (BasicEnv | BasicFile, Some(_)) => fail(
-                Some(ClientId),
-                Some(ClientId),
-                format!(
-                    "{} is not used with {}: the partner-issued value is sent as is",
-                    name(ClientId),
-                    name(source)
-                ),
-            ),
-            (_, Some(id)) if id.is_empty() => {
-                fail(Some(ClientId), Some(ClientId), "must not be empty".into())
-            }
-            (_, Some(id)) => Ok(Credentials::ClientSecret {
-                client_id: id.clone(),
-                secret,
-            }),
-            (_, None) => fail(
-                Some(ClientId),
-                None,
-                format!(
-                    "{} is required with {} / {}",
-                    name(ClientId),
-                    name(ClientSecretEnv),
-                    name(ClientSecretFile)
-                ),
             ),
         }
+        .map_err(|message| CredentialError {
+            key: Some(source),
+            line_of: Some(source),
+            message,
+        })?;
+        Ok(match &self.client_id {
+            Some(id) => Credentials::ClientSecret {
+                client_id: id.clone(),
+                secret,
+            },
+            None => Credentials::Basic(secret),
+        })
     }
 }
 

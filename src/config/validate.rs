@@ -255,18 +255,11 @@ impl Ctx<'_> {
         let k = |f: &str| format!("{key}.publish.{f}");
         let iris = profile == Profile::Iris;
         let url = self.url(&p.url, &k("url"), insecure)?;
-        let method = match p.method.get_ref().to_ascii_uppercase().as_str() {
-            "GET" => PublishMethod::Get,
-            "POST" => PublishMethod::Post,
-            "PUT" => PublishMethod::Put,
-            other => {
-                return Err(self.invalid(
-                    p.method.span(),
-                    &k("method"),
-                    &format!("{other:?} is not one of GET, POST, PUT"),
-                ))
-            }
-        };
+        let method: PublishMethod = p
+            .method
+            .get_ref()
+            .parse()
+            .map_err(|e: String| self.invalid(p.method.span(), &k("method"), &e))?;
         let max_users = match &p.max_users {
             Some(v) => {
                 let n = self.positive(v, &k("max_users"), 100_000)?;
