@@ -4,6 +4,8 @@
 //! token the mock issued. This file is its own test binary because it installs the global
 //! subscriber.
 
+// Shared with the `it` binary; this one uses a few of its helpers.
+#[allow(dead_code)]
 mod common;
 
 use std::io::Write;

@@ -1,7 +1,6 @@
 //! Shared helpers for the integration tests: a real mock partner on 127.0.0.1:0 with its own
 //! temporary TLS directory, configs written to disk and loaded through the real parser, and a
 //! plain HTTP client for the intake.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

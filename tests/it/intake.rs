@@ -1,13 +1,11 @@
 //! The intake API and what the partner receives: payload correctness as the mock sees it,
 //! all-or-nothing requests, line-and-field errors, 404/413/503 with backpressure.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use irisd::daemon::Daemon;
 
 #[tokio::test]

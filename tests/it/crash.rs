@@ -2,14 +2,12 @@
 //! intake acknowledged (202) reaches the partner, possibly twice, never not at all. Also: a
 //! damaged spool file stops the daemon with an error naming it.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use irisd::mock::faults::Faults;
 
 /// Posts batches of 20 fresh users until the intake stops answering; returns the acknowledged

@@ -1,11 +1,9 @@
 //! `irisd verify` against the mock partner: all checks pass in its strict mode, and each
 //! deliberately broken mode fails (or warns) the check it should, for the right reason.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use irisd::mock::faults::Faults;
 use irisd::oauth::Credentials;
 use irisd::verify::{run, Check, Verdict, VerifyOptions};

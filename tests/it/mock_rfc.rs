@@ -3,11 +3,9 @@
 //! RFC 7662 introspection, RFC 7009 revocation with the validation interval, the client
 //! lifecycle (inactive, activate, reauthorize, delete), and the token audit journal.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::Method;
 use irisd::mock::ClientSpec;
 

@@ -3,13 +3,11 @@
 //! dead-lettered without blocking their partition, offsets committed up to the end and only
 //! after delivery, and two `irisd run` processes sharing a group, one of them killed -9.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use irisd::config::Config;
 use irisd::daemon::Daemon;
 use rdkafka::config::ClientConfig;

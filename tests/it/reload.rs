@@ -2,11 +2,9 @@
 //! effect without a restart and without losing spooled events; a bad new configuration is
 //! refused and the running one stays in force (in-process and through SIGHUP).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use irisd::config::Config;
 use irisd::daemon::{Daemon, ReloadError};
 

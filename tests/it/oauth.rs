@@ -2,14 +2,12 @@
 //! token and publish requests, gzip token responses, tokens without `expires_in`,
 //! single-flight, refresh ahead of expiry, and 401 → one refresh, one replay.
 
-mod common;
-
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use http::HeaderValue;
 use irisd::daemon::Daemon;
 use irisd::metrics::DestinationMetrics;

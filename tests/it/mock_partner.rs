@@ -1,11 +1,9 @@
 //! The mock partner's rejections, each checked on the wire: RFC 6749 §5.2 errors on the token
 //! endpoint, RFC 6750 challenges on the publish endpoint, and the strict payload parser.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::Method;
 use irisd::transport::Response;
 

@@ -3,13 +3,11 @@
 //! slowloris, a 100 MB NDJSON line, gzip bombs to the intake and to the mock, a token endpoint
 //! answering 50 MB or never finishing, and a token endpoint redirecting to `http://`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use http::{HeaderValue, Method};
 use irisd::oauth::client::TokenClient;
 use irisd::oauth::Credentials;

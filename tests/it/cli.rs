@@ -1,11 +1,9 @@
 //! The `irisd` binary itself: `demo`, `check-config`, and `run` with a signal-driven shutdown.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn irisd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_irisd"))
@@ -141,7 +139,7 @@ fn json_logs_are_one_object_per_line_with_the_destination() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_tells_systemd_when_ready_and_when_stopping() {
     use std::os::unix::net::UnixDatagram;
-    let env = common::mock(|_| {}).await;
+    let env = crate::common::mock(|_| {}).await;
     env.config("", "");
     let socket_path = env.dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -155,7 +153,7 @@ async fn run_tells_systemd_when_ready_and_when_stopping() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let proc = common::Proc(child);
+    let proc = crate::common::Proc(child);
     let mut buf = [0u8; 64];
     let n = socket.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");

@@ -2,14 +2,12 @@
 //! complete and grouped per user, rejects files, rate limits, re-runs, format failures, and a
 //! `kill -9` mid-file that resumes after the last acknowledged chunk.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use irisd::config::Config;
 use irisd::mock::faults::Faults;
 use irisd::shutdown::RunState;

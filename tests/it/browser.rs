@@ -6,13 +6,11 @@
 //! it fails under CI (`CI` set) and otherwise says so and returns, so `cargo test` still works
 //! on a machine with nothing but the Rust toolchain.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
 use bytes::Bytes;
-use common::*;
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};

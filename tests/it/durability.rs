@@ -2,11 +2,9 @@
 //! permanent rejections and dead letters, the IRIS profile, and failing partners that must not
 //! stall others. Real TLS, real disk (the spool lives in each test's temporary directory).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use irisd::daemon::Daemon;
 use irisd::mock::faults::Faults;
 use irisd::spool::DeadLetterStore;

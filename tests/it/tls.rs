@@ -2,12 +2,10 @@
 //! verification always on unless `insecure_skip_verify` (which then works, and is logged at
 //! ERROR), and an untrusted partner certificate refused with a clear error.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use irisd::config::Config;
 use irisd::daemon::Daemon;
 

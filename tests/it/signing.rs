@@ -2,11 +2,9 @@
 //! and query for GET); the mock verifies against one or two active keys and rejects with 403
 //! and the reason in its journal.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use irisd::config::Config;
 use irisd::daemon::Daemon;
 use irisd::mock::MockSigning;

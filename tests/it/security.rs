@@ -3,14 +3,12 @@
 //! at configuration time, secret files readable by others are flagged (or refused), and after
 //! a run with known secret values no admin endpoint shows any of them or any user id.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;

@@ -1,11 +1,9 @@
 //! The admin listener: Prometheus metrics after a known run, health and readiness, the status
 //! summary and `irisd status`; none of it shows a secret or a token.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http_body_util::BodyExt;
 use irisd::daemon::Daemon;
 use irisd::mock::faults::Faults;
