@@ -62,49 +62,188 @@ impl Env {
         spool_extra: &str,
         retry_extra: &str,
     ) -> Config {
-        let secret = self.dir.path().join("secret");
-        std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
-        let text = format!(
-            r#"[intake]
-listen = "127.0.0.1:0"
+        self.config_file()
+            .publish(publish_extra)
+            .auth(auth_extra)
+            .spool(spool_extra)
+            .retry(retry_extra)
+            .load()
+    }
+
+    /// The test daemon's configuration file, built section by section.
+    pub fn config_file(&self) -> ConfigFile<'_> {
+        ConfigFile {
+            env: self,
+            top: String::new(),
+            listen: "127.0.0.1:0".into(),
+            intake: String::new(),
+            spool: String::new(),
+            admin: None,
+            destination: String::new(),
+            auth: String::new(),
+            publish: String::new(),
+            retry: String::new(),
+            tls: None,
+            sections: String::new(),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.mock.ca_file.clone()
+    }
+}
+
+/// `irisd.toml` in the test's directory: one destination "partner-a" at the mock (client
+/// secret in the file `secret`, the mock's CA trusted), plus the lines each method adds to its
+/// section.
+pub struct ConfigFile<'a> {
+    env: &'a Env,
+    top: String,
+    listen: String,
+    intake: String,
+    spool: String,
+    admin: Option<String>,
+    destination: String,
+    auth: String,
+    publish: String,
+    retry: String,
+    tls: Option<String>,
+    sections: String,
+}
+
+impl ConfigFile<'_> {
+    /// Top-level keys (before any section).
+    pub fn top(mut self, lines: &str) -> Self {
+        self.top = format!("{lines}\n");
+        self
+    }
+    /// The intake's `listen` address (default `127.0.0.1:0`).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.into();
+        self
+    }
+    /// `[intake]` lines after its `listen`.
+    pub fn intake(mut self, lines: &str) -> Self {
+        self.intake = lines.into();
+        self
+    }
+    /// `[spool]` lines after its `path = "spool.sqlite"`.
+    pub fn spool(mut self, lines: &str) -> Self {
+        self.spool = lines.into();
+        self
+    }
+    /// An `[admin]` section with these lines.
+    pub fn admin(mut self, lines: &str) -> Self {
+        self.admin = Some(lines.into());
+        self
+    }
+    /// Keys of the `[[destination]]` itself (e.g. `profile`).
+    pub fn destination(mut self, lines: &str) -> Self {
+        self.destination = lines.into();
+        self
+    }
+    pub fn auth(mut self, lines: &str) -> Self {
+        self.auth = lines.into();
+        self
+    }
+    pub fn publish(mut self, lines: &str) -> Self {
+        self.publish = lines.into();
+        self
+    }
+    pub fn retry(mut self, lines: &str) -> Self {
+        self.retry = lines.into();
+        self
+    }
+    /// `[destination.tls]` lines instead of trusting the mock's CA.
+    pub fn tls(mut self, lines: &str) -> Self {
+        self.tls = Some(lines.into());
+        self
+    }
+    /// Whole sections appended at the end (e.g. `[destination.batch]` and its keys).
+    pub fn section(mut self, text: &str) -> Self {
+        self.sections.push_str(text);
+        self.sections.push('\n');
+        self
+    }
+
+    pub fn text(&self) -> String {
+        let env = self.env;
+        let tls = self
+            .tls
+            .clone()
+            .unwrap_or_else(|| format!("ca_file = \"{}\"", env.mock.ca_file.display()));
+        let admin = self
+            .admin
+            .as_ref()
+            .map(|a| format!("[admin]\n{a}\n"))
+            .unwrap_or_default();
+        format!(
+            r#"{top}[intake]
+listen = "{listen}"
+{intake}
 
 [spool]
 path = "spool.sqlite"
-{spool_extra}
+{spool}
 
+{admin}
 [[destination]]
 name = "partner-a"
 destination_id = "423"
 user_dpid = "12345"
 aam_client_id = "74323"
+{destination}
 
 [destination.auth]
-token_url = "{}"
+token_url = "{token_url}"
 client_id = "{CLIENT_ID}"
 client_secret_file = "secret"
-{auth_extra}
+{auth}
 
 [destination.publish]
-url = "{}"
-{publish_extra}
+url = "{publish_url}"
+{publish}
 
 [destination.retry]
-{retry_extra}
+{retry}
 
 [destination.tls]
-ca_file = "{}"
-"#,
-            self.mock.token_url(),
-            self.mock.publish_url(),
-            self.mock.ca_file.display()
-        );
-        let path = self.dir.path().join("irisd.toml");
-        std::fs::write(&path, text).unwrap();
-        Config::load(&path).unwrap()
+{tls}
+
+{sections}"#,
+            top = self.top,
+            listen = self.listen,
+            intake = self.intake,
+            spool = self.spool,
+            destination = self.destination,
+            auth = self.auth,
+            publish = self.publish,
+            retry = self.retry,
+            sections = self.sections,
+            token_url = env.mock.token_url(),
+            publish_url = env.mock.publish_url(),
+        )
     }
 
-    pub fn ca(&self) -> PathBuf {
-        self.mock.ca_file.clone()
+    /// Writes `irisd.toml` and the secret file (owner-only); returns the config's path.
+    pub fn write(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = self.env.dir.path().join("secret");
+        std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = self.env.dir.path().join("irisd.toml");
+        std::fs::write(&path, self.text()).unwrap();
+        path
+    }
+
+    /// Writes it and loads it through the real parser.
+    pub fn load(&self) -> Config {
+        Config::load(&self.write()).unwrap()
+    }
+
+    /// Writes it and loads it, or says why not.
+    pub fn try_load(&self) -> Result<Config, String> {
+        Config::load(&self.write()).map_err(|e| e.to_string())
     }
 }
 

@@ -14,12 +14,10 @@ use irisd::shutdown::RunState;
 
 /// The test env's config with a `[destination.batch]` section.
 fn batch_config(env: &Env, publish_extra: &str, batch: &str) -> Config {
-    let _ = env.config(publish_extra, "");
-    let path = env.dir.path().join("irisd.toml");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str(&format!("\n[destination.batch]\n{batch}\n"));
-    std::fs::write(&path, text).unwrap();
-    Config::load(&path).unwrap()
+    env.config_file()
+        .publish(publish_extra)
+        .section(&format!("[destination.batch]\n{batch}"))
+        .load()
 }
 
 fn write(path: &Path, text: &str, gzip: bool) {

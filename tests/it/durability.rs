@@ -250,15 +250,12 @@ async fn iris_profile_counts_only_200_retries_once_then_dead_letters() {
     .await;
     let config = env.config_with("linger_ms = 10", "", "", FAST_RETRY);
     assert!(config.destinations[0].publish.success_status.is_empty());
-    let text = std::fs::read_to_string(env.dir.path().join("irisd.toml"))
-        .unwrap()
-        .replace(
-            "aam_client_id = \"74323\"\n",
-            "aam_client_id = \"74323\"\nprofile = \"iris\"\n",
-        );
-    let path = env.dir.path().join("iris.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = irisd::config::Config::load(&path).unwrap();
+    let config = env
+        .config_file()
+        .destination("profile = \"iris\"")
+        .publish("linger_ms = 10")
+        .retry(FAST_RETRY)
+        .load();
     let d = &config.destinations[0];
     assert_eq!(
         (

@@ -31,14 +31,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 /// A daemon process with `intake_extra` lines in `[intake]`.
 async fn daemon(intake_extra: &str) -> (Env, Proc, SocketAddr) {
     let env = mock(|_| {}).await;
-    env.config("", "");
-    let path = env.dir.path().join("irisd.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replacen(
-        "listen = \"127.0.0.1:0\"\n",
-        &format!("listen = \"127.0.0.1:0\"\n{intake_extra}\n"),
-        1,
-    );
-    std::fs::write(&path, text).unwrap();
+    let path = env.config_file().intake(intake_extra).write();
     let (proc, addr) = spawn_daemon(&path, 1);
     (env, proc, addr)
 }

@@ -25,24 +25,11 @@ fn private(path: &std::path::Path, text: &str) {
 
 /// The test's standard config plus intake/admin lines.
 fn config(env: &Env, intake_extra: &str, admin: &str, top: &str) -> Result<Config, String> {
-    env.config("", "");
-    let path = env.dir.path().join("irisd.toml");
-    std::fs::set_permissions(
-        env.dir.path().join("secret"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = format!(
-        "{top}\n{}\n[admin]\n{admin}\n",
-        text.replacen(
-            "[intake]\nlisten = \"127.0.0.1:0\"\n",
-            &format!("[intake]\nlisten = \"127.0.0.1:0\"\n{intake_extra}\n"),
-            1
-        )
-    );
-    std::fs::write(&path, text).unwrap();
-    Config::load(&path).map_err(|e| e.to_string())
+    env.config_file()
+        .top(top)
+        .intake(intake_extra)
+        .admin(admin)
+        .try_load()
 }
 
 async fn request(
@@ -151,43 +138,39 @@ async fn intake_and_admin_demand_their_tokens_and_expose_no_secret() {
 #[tokio::test]
 async fn open_listeners_on_other_interfaces_are_refused_unless_allowed() {
     let env = mock(|_| {}).await;
-    env.config("", "");
-    let path = env.dir.path().join("irisd.toml");
-    let base = std::fs::read_to_string(&path).unwrap();
-    let with = |intake: &str, admin: &str| {
-        std::fs::write(
-            &path,
-            format!(
-                "{}\n[admin]\n{admin}\n",
-                base.replacen("listen = \"127.0.0.1:0\"", intake, 1)
-            ),
-        )
-        .unwrap();
-        Config::load(&path).map_err(|e| e.to_string())
+    let with = |listen: &str, intake: &str, admin: &str| {
+        env.config_file()
+            .listen(listen)
+            .intake(intake)
+            .admin(admin)
+            .try_load()
     };
-    let e = with("listen = \"0.0.0.0:0\"", "").unwrap_err();
+    let e = with("0.0.0.0:0", "", "").unwrap_err();
     assert!(
         e.contains("irisd.toml:1: intake.listen: 0.0.0.0:0 is reachable from other machines"),
         "{e}"
     );
     assert!(e.contains("auth_token_file"), "{e}");
-    let e = with("listen = \"127.0.0.1:0\"", "listen = \"[::]:0\"").unwrap_err();
+    let e = with("127.0.0.1:0", "", "listen = \"[::]:0\"").unwrap_err();
     assert!(e.contains("admin.listen: [::]:0 is reachable"), "{e}");
     with(
-        "listen = \"0.0.0.0:0\"\nallow_unauthenticated = true",
+        "0.0.0.0:0",
+        "allow_unauthenticated = true",
         "listen = \"0.0.0.0:0\"\nallow_unauthenticated = true",
     )
     .unwrap();
     std::env::set_var("IRISD_TEST_INTAKE_TOKEN", "t0k3n");
     let c = with(
-        "listen = \"0.0.0.0:0\"\nauth_token_env = \"IRISD_TEST_INTAKE_TOKEN\"",
+        "0.0.0.0:0",
+        "auth_token_env = \"IRISD_TEST_INTAKE_TOKEN\"",
         "",
     )
     .unwrap();
     assert!(c.intake.auth_token.is_some());
     assert!(!format!("{c:?}").contains("t0k3n"), "Debug hides the token");
     let e = with(
-        "listen = \"127.0.0.1:0\"\nauth_token_env = \"IRISD_TEST_INTAKE_TOKEN\"\nauth_token_file = \"x\"",
+        "127.0.0.1:0",
+        "auth_token_env = \"IRISD_TEST_INTAKE_TOKEN\"\nauth_token_file = \"x\"",
         "",
     )
     .unwrap_err();
@@ -197,14 +180,13 @@ async fn open_listeners_on_other_interfaces_are_refused_unless_allowed() {
 #[tokio::test]
 async fn secret_files_readable_by_others_are_refused_with_strict_permissions() {
     let env = mock(|_| {}).await;
-    env.config("", "");
-    let path = env.dir.path().join("irisd.toml");
+    let path = env.config_file().write();
     let secret = env.dir.path().join("secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let base = std::fs::read_to_string(&path).unwrap();
     // Default: accepted (with a warning).
     Config::load(&path).unwrap();
-    std::fs::write(&path, format!("strict_permissions = true\n{base}")).unwrap();
+    let path = env.config_file().top("strict_permissions = true").write();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = Config::load(&path).unwrap_err().to_string();
     assert!(e.contains("client_secret_file"), "{e}");
     assert!(e.contains("mode 644") && e.contains("chmod 600"), "{e}");
@@ -227,14 +209,11 @@ async fn intake_over_mutual_tls_serves_certified_clients_only() {
     );
     // Mutual TLS counts as authentication: a non-loopback address needs no token then.
     let cfg = config(&env, &intake, "", "").unwrap();
-    let path = env.dir.path().join("irisd.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replacen(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"0.0.0.0:0\"",
-        1,
-    );
-    std::fs::write(&path, text).unwrap();
-    Config::load(&path).expect("mTLS is the non-loopback listener's authentication");
+    env.config_file()
+        .listen("0.0.0.0:0")
+        .intake(&intake)
+        .try_load()
+        .expect("mTLS is the non-loopback listener's authentication");
     let daemon = Daemon::start(&cfg).await.unwrap();
     let url = format!("https://localhost:{}/v1/events", daemon.intake_addr.port());
     let opts = ClientOptions {

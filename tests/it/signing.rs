@@ -11,17 +11,14 @@ use irisd::mock::MockSigning;
 use irisd::signing::Algorithm;
 
 fn signed_config(env: &Env, publish_extra: &str, signing: Option<(&str, &str)>) -> Config {
-    let _ = env.config(publish_extra, "");
-    let path = env.dir.path().join("irisd.toml");
-    let mut text = std::fs::read_to_string(&path).unwrap();
+    let mut file = env.config_file().publish(publish_extra);
     if let Some((alg, key)) = signing {
         std::fs::write(env.dir.path().join("signing.key"), key).unwrap();
-        text.push_str(&format!(
-            "\n[destination.signing]\nalgorithm = \"{alg}\"\nkey_file = \"signing.key\"\n"
+        file = file.section(&format!(
+            "[destination.signing]\nalgorithm = \"{alg}\"\nkey_file = \"signing.key\""
         ));
     }
-    std::fs::write(&path, text).unwrap();
-    Config::load(&path).unwrap()
+    file.load()
 }
 
 async fn deliver(config: &Config, n: u64) -> (u64, u64) {

@@ -10,13 +10,7 @@ use irisd::config::Config;
 use irisd::daemon::Daemon;
 
 fn with_tls(env: &Env, tls_lines: &str) -> std::path::PathBuf {
-    env.config("", "");
-    let path = env.dir.path().join("irisd.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let ca_line = format!("ca_file = \"{}\"", env.mock.ca_file.display());
-    assert!(text.contains(&ca_line));
-    std::fs::write(&path, text.replace(&ca_line, tls_lines)).unwrap();
-    path
+    env.config_file().tls(tls_lines).write()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
