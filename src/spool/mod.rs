@@ -80,13 +80,7 @@ impl Spool {
                 .map_err(|e| store_err(path, format!("cannot create its directory: {e}")))?;
         }
         let conn = open_connection(path)?;
-        // Quick structural check: a damaged file is reported now, with its path, not later.
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| store_err(path, e))?;
-        if check != "ok" {
-            return Err(store_err(path, format!("integrity check failed: {check}")));
-        }
+        schema::check_structure(&conn, path)?;
         let mut usage = HashMap::new();
         let mut events = HashMap::new();
         let mut total = 0u64;

@@ -201,3 +201,14 @@ pub(super) fn insert_block(
     ])?;
     Ok(())
 }
+
+/// Quick structural check: a damaged file is reported at open, with its path, not later.
+pub(super) fn check_structure(conn: &Connection, path: &Path) -> Result<(), SpoolError> {
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| store_err(path, e))?;
+    if check != "ok" {
+        return Err(store_err(path, format!("integrity check failed: {check}")));
+    }
+    Ok(())
+}
