@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod demo;
+pub mod fsync;
 pub mod gzip;
 pub mod intake;
 pub mod kafka;

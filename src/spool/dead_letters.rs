@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::block::EventBlock;
 use super::schema::{
-    insert_block, open_connection, pending_by_destination, store_err, take_ids, SpoolError,
+    create_directory, insert_block, open_connection, pending_by_destination, store_err, take_ids,
+    SpoolError,
 };
 use crate::clock::now_ms;
 
@@ -59,10 +60,7 @@ impl DeadLetterStore {
 
     /// Opens the spool file, creating it if needed (batch runs may come before the daemon).
     pub fn open_or_create(path: &Path) -> Result<Self, SpoolError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| store_err(path, format!("cannot create its directory: {e}")))?;
-        }
+        create_directory(path)?;
         Ok(Self {
             conn: open_connection(path)?,
             path: path.to_owned(),

@@ -75,10 +75,7 @@ impl std::fmt::Debug for Spool {
 impl Spool {
     /// Opens (or creates) the spool at `path` and starts its writer thread.
     pub fn open(path: &Path, limits: Limits) -> Result<Arc<Spool>, SpoolError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| store_err(path, format!("cannot create its directory: {e}")))?;
-        }
+        schema::create_directory(path)?;
         let conn = open_connection(path)?;
         schema::check_structure(&conn, path)?;
         let mut usage = HashMap::new();

@@ -212,3 +212,14 @@ pub(super) fn check_structure(conn: &Connection, path: &Path) -> Result<(), Spoo
     }
     Ok(())
 }
+
+/// Creates the spool file's directory if it does not exist yet, durably (each new directory's
+/// parent fsync'd): otherwise a power cut soon after the first start could take the whole
+/// spool, acknowledged events included.
+pub(super) fn create_directory(path: &Path) -> Result<(), SpoolError> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => crate::fsync::create_dir_all(dir)
+            .map_err(|e| store_err(path, format!("cannot create its directory: {e}"))),
+        None => Ok(()),
+    }
+}
