@@ -17,11 +17,13 @@ pub async fn run(
 ) -> Result<ExitCode, CommandError> {
     let config = Config::load(config)?;
     let (state_tx, state) = tokio::sync::watch::channel(RunState::Running);
+    let mut signals = super::run::Signals::install()?;
     tokio::spawn(async move {
-        if super::run::shutdown_signal().await.is_ok() {
-            tracing::warn!("stopping: the file in progress resumes after its last acknowledged chunk next time");
-            let _ = state_tx.send(RunState::Stop);
-        }
+        signals.stop().await;
+        tracing::warn!(
+            "stopping: the file in progress resumes after its last acknowledged chunk next time"
+        );
+        let _ = state_tx.send(RunState::Stop);
     });
     let report = crate::batch::run_now(&config, destination, files, state).await?;
     let json =

@@ -81,6 +81,7 @@ fn configure(args: MockPartnerArgs) -> Result<MockConfig, CommandError> {
 
 /// Runs the mock partner until SIGTERM or SIGINT.
 pub async fn run(args: MockPartnerArgs) -> Result<ExitCode, CommandError> {
+    let mut signals = super::run::Signals::install()?;
     let mock = MockPartner::start(configure(args)?)
         .await
         .map_err(CommandError::Failed)?;
@@ -100,7 +101,7 @@ pub async fn run(args: MockPartnerArgs) -> Result<ExitCode, CommandError> {
             dir.join("client.key").display()
         );
     }
-    super::run::shutdown_signal().await?;
+    signals.stop().await;
     mock.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

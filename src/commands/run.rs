@@ -12,37 +12,29 @@ use crate::daemon::Daemon;
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path, grace: Duration) -> Result<ExitCode, CommandError> {
+    // First of all: a signal that comes while the daemon starts or reloads must wait for it,
+    // not kill it with the default action.
+    let mut signals = Signals::install()?;
     let config = Config::load(config_path)?;
     let mut daemon = Daemon::start(&config).await?;
     sd_notify("READY=1");
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(CommandError::io("installing the SIGHUP handler"))?;
-    loop {
-        #[cfg(unix)]
-        let reload = hangup.recv();
-        #[cfg(not(unix))]
-        let reload = std::future::pending::<Option<()>>();
-        tokio::select! {
-            _ = reload => match Config::load(config_path) {
-                Ok(new) => match daemon.reload(&new).await {
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "configuration reload refused"),
-                },
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "configuration reload refused; the running configuration stays in force"
-                ),
-            },
-            r = shutdown_signal() => {
-                r?;
-                break;
+    while let Signal::Reload = signals.next().await {
+        // A SIGTERM that comes meanwhile is kept by its listener and ends the loop next.
+        match Config::load(config_path) {
+            Ok(new) => {
+                if let Err(e) = daemon.reload(&new).await {
+                    tracing::error!(error = %e, "configuration reload refused");
+                }
             }
+            Err(e) => tracing::error!(
+                error = %e,
+                "configuration reload refused; the running configuration stays in force"
+            ),
         }
     }
     tracing::info!(
         grace_s = grace.as_secs(),
-        "shutting down: intake closed, sending what is queued"
+        "shutting down: the intake answers 503, sending what is queued"
     );
     sd_notify("STOPPING=1");
     if !daemon.shutdown(grace).await {
@@ -50,6 +42,69 @@ pub async fn run(config_path: &Path, grace: Duration) -> Result<ExitCode, Comman
     }
     // Nothing accepted is lost either way: it is delivered, dead-lettered, or spooled.
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a signal asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: read the configuration again.
+    Reload,
+    /// SIGTERM or SIGINT: stop.
+    Stop,
+}
+
+/// The listeners of SIGTERM, SIGINT and SIGHUP, created once and kept for the daemon's whole
+/// life. tokio drops a signal that has no listener, and before the first listener exists the
+/// default action kills the process; so they are installed before anything else and never
+/// dropped, not rebuilt around each wait.
+pub struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Self, CommandError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())
+                    .map_err(CommandError::io("installing the SIGTERM handler"))?,
+                int: signal(SignalKind::interrupt())
+                    .map_err(CommandError::io("installing the SIGINT handler"))?,
+                hup: signal(SignalKind::hangup())
+                    .map_err(CommandError::io("installing the SIGHUP handler"))?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal (waits for one).
+    pub async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => Signal::Stop,
+                _ = self.int.recv() => Signal::Stop,
+                _ = self.hup.recv() => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT (SIGHUP is taken and ignored).
+    pub async fn stop(&mut self) {
+        while self.next().await != Signal::Stop {}
+    }
 }
 
 /// Tells systemd (`Type=notify`) about readiness and stopping, when started by it.
@@ -73,23 +128,4 @@ fn sd_notify(state: &str) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = state;
-}
-
-/// Resolves at SIGTERM or SIGINT.
-pub async fn shutdown_signal() -> Result<(), CommandError> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())
-            .map_err(CommandError::io("installing the SIGTERM handler"))?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map_err(CommandError::io("waiting for SIGINT"))?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(CommandError::io("waiting for Ctrl-C"))?;
-    Ok(())
 }
