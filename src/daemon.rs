@@ -402,11 +402,12 @@ impl Daemon {
         self.admin
             .ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        // The intake keeps its listener through the grace period and answers 503 with
+        // Retry-After: producers can tell "stopping, come back" from "gone".
         self.intake.close();
         for r in &self.destinations {
             let _ = r.state.send(RunState::Draining);
         }
-        self.server.shutdown(grace).await;
         // Kafka: stop taking records, let the stream lanes deliver what they hold, commit.
         if let Some(k) = self.kafka {
             let _ = k.state.send(RunState::Draining);
@@ -466,6 +467,7 @@ impl Daemon {
             .iter()
             .map(|(_, b)| b)
             .sum();
+        self.server.shutdown(Duration::from_secs(1)).await;
         if let Some(s) = self.admin_server {
             s.shutdown(Duration::from_secs(1)).await;
         }
