@@ -280,6 +280,20 @@ pub async fn post_events(
     (status, retry, String::from_utf8_lossy(&text).into_owned())
 }
 
+/// POSTs `body` to the intake; the status, or `None` when the connection failed (the daemon
+/// is gone).
+pub async fn try_post_events(addr: SocketAddr, body: impl Into<Bytes>) -> Option<u16> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://{addr}/v1/events"))
+        .body(Full::new(body.into()))
+        .unwrap();
+    let resp = client.request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    // Read the answer so the connection completes as a producer's would.
+    let _ = resp.into_body().collect().await;
+    Some(status)
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -305,26 +319,34 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    /// Sends SIGTERM with the shell's builtin kill (no procps needed).
+    /// Sends `signal` now.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), signal).unwrap();
+    }
+
     pub fn sigterm(&self) {
-        let pid = self.0.id();
-        assert!(Command::new("sh")
-            .args(["-c", &format!("kill -TERM {pid}")])
-            .status()
-            .unwrap()
-            .success());
+        self.signal(nix::sys::signal::Signal::SIGTERM);
     }
 }
 
 /// Starts `irisd run` and returns it with its intake address (read from its log).
 pub fn spawn_daemon(config: &Path, grace_secs: u64) -> (Proc, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_irisd"))
-        .args(["run", "--grace-secs", &grace_secs.to_string(), "--config"])
+    spawn_daemon_with(config, grace_secs, |_| {})
+}
+
+/// [`spawn_daemon`], with `tweak` applied to the command first (environment, ...).
+pub fn spawn_daemon_with(
+    config: &Path,
+    grace_secs: u64,
+    tweak: impl FnOnce(&mut Command),
+) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_irisd"));
+    cmd.args(["run", "--grace-secs", &grace_secs.to_string(), "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    tweak(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -332,13 +354,15 @@ pub fn spawn_daemon(config: &Path, grace_secs: u64) -> (Proc, SocketAddr) {
             let _ = tx.send(line);
         }
     });
+    let mut seen = Vec::new();
     let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("irisd started");
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            panic!("irisd did not start:\n{}", seen.join("\n"));
+        };
         if let Some(rest) = line.split("intake=").nth(1) {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
+        seen.push(line);
     };
     // Keep draining the pipe so the daemon never blocks on a full stderr.
     std::thread::spawn(move || while rx.recv().is_ok() {});

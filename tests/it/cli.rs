@@ -135,29 +135,3 @@ fn json_logs_are_one_object_per_line_with_the_destination() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--log-format"));
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_tells_systemd_when_ready_and_when_stopping() {
-    use std::os::unix::net::UnixDatagram;
-    let env = crate::common::mock(|_| {}).await;
-    env.config("", "");
-    let socket_path = env.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_irisd"))
-        .args(["run", "--config"])
-        .arg(env.dir.path().join("irisd.toml"))
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc = crate::common::Proc(child);
-    let mut buf = [0u8; 64];
-    let n = socket.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"READY=1");
-    proc.sigterm();
-    let n = socket.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1");
-}
