@@ -10,14 +10,15 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-1.33.0}"
 cd "$(dirname "$0")"
 
-if ! command -v kubernetes-validate >/dev/null 2>&1; then
-  echo "kubernetes-validate not found: pip install kubernetes-validate==1.37.0" >&2
+# The module rather than the console script: the same python3 as the checker, whatever PATH has.
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "kubernetes-validate not found: python3 -m pip install kubernetes-validate==1.37.0" >&2
   exit 2
 fi
 
 manifests=(*.yaml)
 rc=0
-out=$(kubernetes-validate --strict --kubernetes-version "$K8S_VERSION" "${manifests[@]}" 2>&1) || rc=$?
+out=$(python3 -m kubernetes_validate --strict --kubernetes-version "$K8S_VERSION" "${manifests[@]}" 2>&1) || rc=$?
 printf '%s\n' "$out"
 if [ "$rc" -ne 0 ] || grep -qvE '^INFO ' <<<"$out"; then
   echo "k8s manifests: schema validation against Kubernetes $K8S_VERSION FAILED" >&2
