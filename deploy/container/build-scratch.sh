@@ -7,8 +7,9 @@
 #
 # Usage: deploy/container/build-scratch.sh PATH/TO/irisd [IMAGE]   (default localhost/irisd:scratch)
 # Prints the image id on stdout (progress on stderr). Rerunning replaces the tag; with the
-# same binary and host libraries it gives the same image id (timestamps are pinned to 0).
-# Needs buildah (Debian: apt-get install buildah), ldd and readelf (binutils), run as root or
+# same binary and host libraries it gives the same image id (timestamps are pinned to
+# SOURCE_DATE_EPOCH, 0 by default).
+# Needs buildah (Debian: apt-get install buildah), ldd, readelf and strip (binutils), run as root or
 # inside `buildah unshare`. Storage options come from the environment, e.g.
 # BUILDAH_STORAGE_DRIVER=vfs (where overlay mounts are not allowed).
 set -euo pipefail
@@ -34,7 +35,7 @@ log() { printf '%s\n' "$*" >&2; }
 
 [ -f "$BIN" ] && [ -x "$BIN" ] || { log "not an executable file: $BIN"; exit 2; }
 [ -f "$CA_BUNDLE" ] || { log "no CA bundle at $CA_BUNDLE (Debian: apt-get install ca-certificates)"; exit 2; }
-for tool in buildah ldd readelf; do
+for tool in buildah ldd readelf strip; do
   command -v "$tool" >/dev/null || { log "$tool not found"; exit 2; }
 done
 if [ "$(id -u)" != 0 ] && [ -z "${_IRISD_IN_UNSHARE:-}" ]; then
@@ -52,7 +53,12 @@ cleanup() {
 trap cleanup EXIT
 
 # --- the root filesystem, staged with its final owners and modes -------------------------
-install -m 0755 "$BIN" "$STAGE/irisd"
+# Stripped, as the Dockerfile does (STRIP=0 keeps the symbols and line tables).
+if [ "${STRIP:-1}" = 1 ]; then
+  strip -o "$STAGE/irisd" "$BIN" && chmod 0755 "$STAGE/irisd"
+else
+  install -m 0755 "$BIN" "$STAGE/irisd"
+fi
 
 # Every library ldd resolves, at the path the loader will look for it, plus the interpreter
 # named in PT_INTERP. A library ldd cannot find fails the build.
@@ -113,6 +119,6 @@ buildah config \
 # Set after the entrypoint, which would otherwise reset it.
 buildah config --cmd '["run", "--config", "/etc/irisd/irisd.toml"]' "$WORKING_CONTAINER"
 
-buildah commit --quiet --rm --timestamp 0 --identity-label=false --format oci "$WORKING_CONTAINER" "$IMAGE" >/dev/null
+buildah commit --quiet --rm --timestamp "${SOURCE_DATE_EPOCH:-0}" --identity-label=false --format oci "$WORKING_CONTAINER" "$IMAGE" >/dev/null
 trap 'rm -rf "$STAGE"' EXIT
 buildah inspect --type image --format "{{.FromImageID}}{{println}}" "$IMAGE"
