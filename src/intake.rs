@@ -69,35 +69,58 @@ impl Intake {
         req: Request<Incoming>,
         _peer: SocketAddr,
     ) -> Response<Full<Bytes>> {
-        match (req.method(), req.uri().path()) {
-            (&Method::POST, "/v1/events") => {
-                if let Some(token) = &self.auth {
-                    if let Err(refused) = crate::server::check_bearer(req.headers(), token) {
-                        return *refused;
-                    }
-                }
-                self.events(req).await
-            }
-            (_, "/v1/events") => {
+        let path = req.uri().path();
+        // `/v1/destinations/NAME/events`: the events of one destination only, so a producer can
+        // keep one partner's traffic from waiting on another's full spool quota.
+        let only = path
+            .strip_prefix("/v1/destinations/")
+            .and_then(|rest| rest.strip_suffix("/events"))
+            .map(|name| {
+                percent_encoding::percent_decode_str(name)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
+        if path == "/v1/events" || only.is_some() {
+            if req.method() != Method::POST {
                 let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "use POST");
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("POST"));
-                r
+                return r;
             }
+            if let Some(token) = &self.auth {
+                if let Err(refused) = crate::server::check_bearer(req.headers(), token) {
+                    return *refused;
+                }
+            }
+            return self.events(req, only.as_deref()).await;
+        }
+        match (req.method(), path) {
             (&Method::GET, "/healthz") => {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
             (_, path) => error_response(
                 StatusCode::NOT_FOUND,
-                format!("no such endpoint {path}; events go to POST /v1/events"),
+                format!("no such endpoint {path}; events go to POST /v1/events or POST /v1/destinations/NAME/events"),
             ),
         }
     }
 
-    async fn events(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// `only`: the destination the endpoint is for, when it is for one.
+    async fn events(&self, req: Request<Incoming>, only: Option<&str>) -> Response<Full<Bytes>> {
         let Some(lanes) = self.lanes.load_full() else {
-            return unavailable("irisd is shutting down");
+            return unavailable("irisd is shutting down", &[]);
         };
+        if let Some(name) = only {
+            if !lanes.contains_key(name) {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "unknown destination {name:?} (configured: {})",
+                        known(&lanes)
+                    ),
+                );
+            }
+        }
         let too_large = || {
             error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -131,74 +154,99 @@ impl Intake {
             Err(crate::transport::DecodeError::TooLarge(_)) => return too_large(),
             Err(e) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        let batches = match parse_ndjson(&body, &lanes, jiff::Timestamp::now()) {
+        let batches = match parse_ndjson(&body, &lanes, only, jiff::Timestamp::now()) {
             Ok(b) => b,
             Err((status, msg)) => return error_response(status, msg),
         };
-        self.store(&lanes, batches).await
+        self.store(lanes, batches).await
     }
 
     /// Spools all batches or none, then wakes their lanes.
     async fn store(
         &self,
-        lanes: &HashMap<String, LaneHandle>,
+        lanes: Arc<HashMap<String, LaneHandle>>,
         batches: HashMap<String, EventBlock>,
     ) -> Response<Full<Bytes>> {
         let mut reservations = Vec::with_capacity(batches.len());
         let mut items = Vec::with_capacity(batches.len());
+        let mut full = Vec::new();
         let mut total = 0u64;
         for (name, block) in batches {
-            let lane = &lanes[&name];
-            let bytes = block.event_bytes();
-            match self.spool.reserve(&name, bytes) {
+            match self.spool.reserve(&name, block.event_bytes()) {
                 Ok(r) => reservations.push(r),
-                Err(e @ SpoolError::Full { .. }) => {
-                    return unavailable(&format!(
-                        "{e}; nothing of this request was accepted, retry later"
-                    ))
-                }
+                Err(SpoolError::Full {
+                    destination, which, ..
+                }) => full.push((destination, which)),
                 Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
             total += block.len() as u64;
-            items.push((lane.name.clone(), block));
+            items.push((lanes[&name].name.clone(), block));
+        }
+        if !full.is_empty() {
+            // All or nothing: the reservations taken are given back as they drop.
+            full.sort();
+            let names: Vec<String> = full.iter().map(|(d, _)| format!("{d:?}")).collect();
+            let bounds: Vec<&str> = full.iter().map(|(_, w)| *w).collect();
+            return unavailable(
+                &format!(
+                    "spool full for destination {} ({}); nothing of this request was accepted, retry later, or send each destination's events to POST /v1/destinations/NAME/events so one full partner does not hold up the others",
+                    names.join(", "),
+                    bounds.join(", ")
+                ),
+                &full.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(),
+            );
         }
         if items.is_empty() {
             return json_response(StatusCode::ACCEPTED, &serde_json::json!({ "accepted": 0 }));
         }
-        let counts: Vec<(Arc<str>, u64)> = items
-            .iter()
-            .map(|(n, b)| (n.clone(), b.len() as u64))
-            .collect();
-        if let Err(e) = self.spool.append(items, now_ms(), reservations).await {
-            tracing::error!(error = %e, "spool append failed; the request was not accepted");
-            let mut r = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot store the events ({e}); nothing was accepted"),
-            );
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
-            return r;
+        // The append, its counting and the lanes' wake-up run to the end even if the producer
+        // hangs up meanwhile (hyper then drops this future): every event spooled counts as
+        // accepted, and its lane hears of it at once.
+        let spool = self.spool.clone();
+        let stored = tokio::spawn(async move {
+            let counts: Vec<(Arc<str>, u64)> = items
+                .iter()
+                .map(|(n, b)| (n.clone(), b.len() as u64))
+                .collect();
+            spool.append(items, now_ms(), reservations).await?;
+            for (name, n) in counts {
+                let lane = &lanes[name.as_ref()];
+                lane.metrics
+                    .accepted_users
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                lane.notify.notify_one();
+            }
+            Ok::<_, SpoolError>(())
+        });
+        match stored.await {
+            Ok(Ok(())) => json_response(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "accepted": total }),
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "spool append failed; the request was not accepted");
+                unavailable(
+                    &format!("cannot store the events ({e}); nothing was accepted"),
+                    &[],
+                )
+            }
+            Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
-        for (name, n) in counts {
-            let lane = &lanes[name.as_ref()];
-            lane.metrics
-                .accepted_users
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            lane.notify.notify_one();
-        }
-        json_response(
-            StatusCode::ACCEPTED,
-            &serde_json::json!({ "accepted": total }),
-        )
     }
+}
+
+/// The configured destinations, for messages.
+fn known(lanes: &HashMap<String, LaneHandle>) -> String {
+    let mut known: Vec<_> = lanes.keys().map(String::as_str).collect();
+    known.sort_unstable();
+    known.join(", ")
 }
 
 /// Parses and renders every line, grouped by destination.
 fn parse_ndjson(
     body: &[u8],
     lanes: &HashMap<String, LaneHandle>,
+    only: Option<&str>,
     now: jiff::Timestamp,
 ) -> Result<HashMap<String, EventBlock>, (StatusCode, String)> {
     let mut out: HashMap<String, EventBlock> = HashMap::new();
@@ -224,6 +272,20 @@ fn parse_ndjson(
         }
         let ev: IntakeEvent<'_> = serde_json::from_str(line)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("line {n}: {e}")))?;
+        let mut ev = ev;
+        match only {
+            Some(name) if ev.destination.is_empty() => ev.destination = name.to_owned().into(),
+            Some(name) if ev.destination != name => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "line {n}: field `destination`: {:?}, but this endpoint takes events for {name:?} only",
+                        ev.destination
+                    ),
+                ))
+            }
+            _ => {}
+        }
         if ev.destination.is_empty() {
             return Err((
                 StatusCode::BAD_REQUEST,
@@ -231,14 +293,12 @@ fn parse_ndjson(
             ));
         }
         let Some(lane) = lanes.get(ev.destination.as_ref()) else {
-            let mut known: Vec<_> = lanes.keys().map(String::as_str).collect();
-            known.sort_unstable();
             return Err((
                 StatusCode::NOT_FOUND,
                 format!(
                     "line {n}: field `destination`: unknown destination {:?} (configured: {})",
                     ev.destination,
-                    known.join(", ")
+                    known(lanes)
                 ),
             ));
         };
@@ -266,8 +326,16 @@ fn parse_ndjson(
     Ok(out)
 }
 
-fn unavailable(msg: &str) -> Response<Full<Bytes>> {
-    let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, msg);
+/// 503 with `Retry-After`; `full` names the destinations whose spool quota is full.
+fn unavailable(msg: &str, full: &[&str]) -> Response<Full<Bytes>> {
+    let mut r = if full.is_empty() {
+        error_response(StatusCode::SERVICE_UNAVAILABLE, msg)
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": msg, "full_destinations": full }),
+        )
+    };
     r.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from_static(RETRY_AFTER_SECS),

@@ -253,3 +253,97 @@ async fn a_full_spool_answers_503_with_retry_after_and_stays_bounded() {
         assert!(daemon.spool.bytes("partner-a").0 <= limit);
     }
 }
+
+#[tokio::test]
+async fn a_full_destination_does_not_block_another_and_is_named() {
+    let env = mock(|_| {}).await;
+    // partner-a never answers: its spool quota fills. partner-b is the healthy mock.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let _held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = blackhole.accept().await {
+            conns.push(c);
+        }
+    });
+    let mut config = env.config_with(
+        "max_in_flight = 1\ntimeout_ms = 30000\nlinger_ms = 5",
+        "",
+        "max_bytes_per_destination = 65536",
+        "",
+    );
+    let mut b = config.destinations[0].clone();
+    b.name = "partner-b".into();
+    config.destinations.push(b);
+    config.destinations[0].publish.url = format!("https://127.0.0.1:{port}/segments/aam")
+        .parse()
+        .unwrap();
+    let daemon = Daemon::start(&config).await.unwrap();
+    let lines = |dest: &str, from: u64, n: u64| -> String {
+        (from..from + n)
+            .map(|i| event(dest, i, &[("1", "1")]) + "\n")
+            .collect()
+    };
+    let mut full = false;
+    for round in 0..100 {
+        let (status, _, _) =
+            post_events(daemon.intake_addr, lines("partner-a", round * 100, 50)).await;
+        if status == 503 {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "partner-a's quota filled");
+    // A mixed request is still all or nothing, and says which destination is full.
+    let mixed = lines("partner-a", 900_000, 50) + &lines("partner-b", 800_000, 1);
+    let (status, retry_after, text) = post_events(daemon.intake_addr, mixed).await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("1")), "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["full_destinations"], serde_json::json!(["partner-a"]));
+    assert!(text.contains("/v1/destinations/NAME/events"), "{text}");
+    // partner-b's own events go through, on either endpoint.
+    let (status, _, text) = post_events(daemon.intake_addr, lines("partner-b", 1, 5)).await;
+    assert_eq!(status, 202, "{text}");
+    let per_destination = |body: String| {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let url = format!(
+            "http://{}/v1/destinations/partner-b/events",
+            daemon.intake_addr
+        );
+        async move {
+            use http_body_util::BodyExt;
+            let resp = client
+                .request(
+                    http::Request::post(url)
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&text).into_owned())
+        }
+    };
+    // The destination may be left out of the lines there; another destination is refused.
+    let without: String = (10..15)
+        .map(|i| {
+            format!(
+                r#"{{"aam_uuid":"{i}","data_partner_uuid":"dp","segments":[{{"segment_id":"1","status":"1","time":"2016-07-27T16:17:22Z"}}]}}"#
+            ) + "\n"
+        })
+        .collect();
+    let (status, text) = per_destination(without).await;
+    assert_eq!(status, 202, "{text}");
+    let (status, text) = per_destination(lines("partner-a", 5, 1)).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("for \\\"partner-b\\\" only"), "{text}");
+    let m = daemon.destinations[1].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+            == 10)
+        .await
+    );
+}
