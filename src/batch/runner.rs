@@ -130,6 +130,45 @@ impl RunReport {
             .iter()
             .all(|f| f.status == "done" || f.status == "skipped")
     }
+
+    /// How the run ended, worst first.
+    pub fn outcome(&self) -> RunOutcome {
+        if !self.complete() {
+            RunOutcome::Incomplete
+        } else if self.dead_lettered > 0 {
+            RunOutcome::DeadLettered
+        } else if self.rejects > 0 {
+            RunOutcome::Rejected
+        } else {
+            RunOutcome::Delivered
+        }
+    }
+}
+
+/// How a batch run ended; `irisd batch run` exits with [`RunOutcome::exit_code`] so a
+/// scheduled job notices more than "it ran".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every file delivered, nothing rejected or dead-lettered: exit 0.
+    Delivered,
+    /// A file failed, or the run was stopped (it resumes next time): exit 1.
+    Incomplete,
+    /// Complete, but users were dead-lettered (see `irisd dlq list`): exit 3.
+    DeadLettered,
+    /// Complete and nothing dead-lettered, but lines were rejected (see `<file>.rejects`): exit 4.
+    Rejected,
+}
+
+impl RunOutcome {
+    /// 2 is taken: a configuration or start-up error, as for every irisd command.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunOutcome::Delivered => 0,
+            RunOutcome::Incomplete => 1,
+            RunOutcome::DeadLettered => 3,
+            RunOutcome::Rejected => 4,
+        }
+    }
 }
 
 /// Live progress shared with a display.

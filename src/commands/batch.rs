@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::CommandError;
+use crate::batch::runner::RunOutcome;
 use crate::config::Config;
 use crate::shutdown::RunState;
 
@@ -39,9 +40,15 @@ pub async fn run(
         path.display()
     )))?;
     println!("{json}");
+    let outcome = report.outcome();
     eprintln!(
         "batch {}: {} users in {} requests, {} rejects, {} dead-lettered, {:.1} s ({:.0} users/s); report {}",
-        if report.complete() { "complete" } else { "INCOMPLETE" },
+        match outcome {
+            RunOutcome::Delivered => "complete",
+            RunOutcome::Incomplete => "INCOMPLETE",
+            RunOutcome::DeadLettered => "complete, with DEAD LETTERS",
+            RunOutcome::Rejected => "complete, with REJECTED lines",
+        },
         report.users,
         report.requests,
         report.rejects,
@@ -50,9 +57,5 @@ pub async fn run(
         report.users_per_sec,
         path.display()
     );
-    Ok(if report.complete() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(ExitCode::from(outcome.exit_code()))
 }

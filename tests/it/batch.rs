@@ -485,3 +485,59 @@ async fn the_users_per_second_limit_is_honoured() {
         );
     }
 }
+
+// A scheduled job must notice more than "it ran": the exit code says whether lines were
+// rejected or users dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_run_exits_with_distinct_codes_for_rejects_and_dead_letters() {
+    let env = mock(|_| {}).await;
+    let _ = batch_config(&env, "", "max_users = 10");
+    let config = env.dir.path().join("irisd.toml");
+    let report = env.dir.path().join("report.json");
+    let run = move |file: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_irisd"))
+            .args(["batch", "run", "--destination", "partner-a", "--config"])
+            .arg(&config)
+            .arg("--report")
+            .arg(&report)
+            .arg(file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let clean = env.dir.path().join("clean.csv");
+    write(&clean, &csv(1, 21), false);
+    let rejected = env.dir.path().join("rejected.csv");
+    write(
+        &rejected,
+        &format!("{}not,a,valid,line\n", csv(21, 31)),
+        false,
+    );
+    let dead = env.dir.path().join("dead.csv");
+    write(&dead, &csv(31, 41), false);
+    let (clean, rejected) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || (run(&clean), run(&rejected))
+    })
+    .await
+    .unwrap();
+    assert_eq!(clean.0, Some(0), "{}", clean.1);
+    assert_eq!(rejected.0, Some(4), "{}", rejected.1);
+    assert!(rejected.1.contains("REJECTED"), "{}", rejected.1);
+    env.mock
+        .state
+        .set_faults(Faults {
+            error_rate: 1.0,
+            error_status: 400,
+            ..Faults::default()
+        })
+        .unwrap();
+    let dead = tokio::task::spawn_blocking(move || run(&dead))
+        .await
+        .unwrap();
+    assert_eq!(dead.0, Some(3), "{}", dead.1);
+    assert!(dead.1.contains("DEAD LETTERS"), "{}", dead.1);
+}
