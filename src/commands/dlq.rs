@@ -28,6 +28,15 @@ pub fn list(
 ) -> Result<ExitCode, CommandError> {
     let store = open(config)?;
     let list = store.list(destination, limit)?;
+    let total = store.count(destination)?;
+    let summary = if (list.len() as u64) < total {
+        format!(
+            "showing {} of {total} dead letter(s), oldest first (--limit to see more)",
+            list.len()
+        )
+    } else {
+        format!("{total} dead letter(s)")
+    };
     match format {
         Format::Json => {
             for d in &list {
@@ -36,6 +45,8 @@ pub fn list(
                     serde_json::to_string(d).map_err(|e| CommandError::Failed(e.to_string()))?
                 );
             }
+            // stdout stays one object per line; the count is for the person running it.
+            eprintln!("{summary}");
         }
         Format::Text => {
             println!(
@@ -55,7 +66,7 @@ pub fn list(
                     d.reason
                 );
             }
-            println!("{} dead letter(s)", list.len());
+            println!("{summary}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -94,6 +94,18 @@ impl DeadLetterStore {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// How many dead letters there are, optionally of one destination.
+    pub fn count(&self, destination: Option<&str>) -> Result<u64, SpoolError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM dead_letters WHERE (?1 IS NULL OR dest = ?1)",
+                params![destination],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
     /// One dead letter by id.
     pub fn show(&self, id: u64) -> Result<Option<DeadLetter>, SpoolError> {
         self.conn

@@ -214,6 +214,24 @@ async fn permanent_400_is_dead_lettered_with_the_reason_and_dlq_replay_delivers_
             && listing.contains("partner answered 400"),
         "{listing}"
     );
+    // A limited listing says how much it leaves out.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_irisd"))
+        .args(["dlq", "list", "--limit", "2", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("showing 2 of 3 dead letter(s)"),
+        "{listing}"
+    );
+    assert_eq!(
+        listing
+            .lines()
+            .filter(|l| l.contains("partner answered 400"))
+            .count(),
+        2
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_irisd"))
         .args(["dlq", "replay", "--config"])
         .arg(&config_path)
