@@ -60,7 +60,8 @@ pub fn parse_retry_after(headers: &HeaderMap, now: jiff::Timestamp) -> Option<Du
     let d = if let Ok(secs) = v.parse::<u64>() {
         Duration::from_secs(secs)
     } else {
-        let at = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
+        // IMF-fixdate, RFC 850 or asctime: RFC 9110 §5.6.7 wants recipients to take all three.
+        let at = jiff::Timestamp::try_from(httpdate::parse_http_date(v).ok()?).ok()?;
         let ms = at.as_millisecond() - now.as_millisecond();
         Duration::from_millis(ms.max(0) as u64)
     };
@@ -133,6 +134,14 @@ mod tests {
             Some(Duration::ZERO),
             "a past date means now"
         );
+        // The two obsolete forms recipients must accept too (RFC 9110 §5.6.7).
+        h.insert(
+            "retry-after",
+            "Wednesday, 21-Oct-15 07:28:10 GMT".parse().unwrap(),
+        );
+        assert_eq!(parse_retry_after(&h, now), Some(Duration::from_secs(10)));
+        h.insert("retry-after", "Wed Oct 21 07:28:20 2015".parse().unwrap());
+        assert_eq!(parse_retry_after(&h, now), Some(Duration::from_secs(20)));
         h.insert("retry-after", "999999".parse().unwrap());
         assert_eq!(parse_retry_after(&h, now), Some(MAX_RETRY_AFTER));
         h.insert("retry-after", "soon".parse().unwrap());

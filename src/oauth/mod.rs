@@ -49,20 +49,20 @@ impl Credentials {
     pub fn authorization(&self) -> HeaderValue {
         let value = match self {
             Credentials::ClientSecret { client_id, secret } => {
-                let mut plain =
-                    String::with_capacity(client_id.len() + secret.expose_secret().len() + 1);
+                // Both the plain pair and its base64 hold the secret: wiped when dropped rather
+                // than left in freed memory (the header itself is marked sensitive).
+                let mut plain = zeroize::Zeroizing::new(String::with_capacity(
+                    client_id.len() + secret.expose_secret().len() + 1,
+                ));
                 plain.extend(form_urlencoded::byte_serialize(client_id.as_bytes()));
                 plain.push(':');
                 plain.extend(form_urlencoded::byte_serialize(
                     secret.expose_secret().as_bytes(),
                 ));
-                let header = format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(plain.as_bytes())
+                let encoded = zeroize::Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD.encode(plain.as_bytes()),
                 );
-                // `plain` holds the secret: wipe it rather than leave it in freed memory.
-                zeroize_string(plain);
-                header
+                format!("Basic {}", encoded.as_str())
             }
             Credentials::Basic(value) => format!("Basic {}", value.expose_secret()),
         };
@@ -71,12 +71,6 @@ impl Credentials {
         hv.set_sensitive(true);
         hv
     }
-}
-
-fn zeroize_string(s: String) {
-    let mut bytes = s.into_bytes();
-    bytes.iter_mut().for_each(|b| *b = 0);
-    std::hint::black_box(&bytes);
 }
 
 /// An access token obtained from a partner.
