@@ -430,22 +430,35 @@ fn new_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
+/// Whether `Accept-Encoding` takes gzip (RFC 9110 §12.5.3): listed (or `x-gzip`, its alias)
+/// with a weight above 0, or not listed and `*` is; the `q` parameter's name is
+/// case-insensitive (§12.4.2), so `gzip;Q=0` refuses it.
 fn accepts_gzip(parts: &Parts) -> bool {
-    parts
+    let (mut gzip, mut any) = (None, None);
+    for enc in parts
         .headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|enc| {
-            let mut it = enc.split(';');
-            let name = it.next().unwrap_or("").trim();
-            let q_zero = it.any(|p| {
-                let p = p.trim().replace(' ', "");
-                p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
-            });
-            name.eq_ignore_ascii_case("gzip") && !q_zero
-        })
+    {
+        let mut it = enc.split(';');
+        let name = it.next().unwrap_or("").trim();
+        let weight = it
+            .find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("q")
+                    .then(|| v.trim().parse::<f32>().unwrap_or(0.0))
+            })
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(weight);
+        } else if name == "*" {
+            any = Some(weight);
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
 /// Handles one token request.
@@ -585,6 +598,12 @@ mod tests {
         assert!(accepts_gzip(&parts("gzip")));
         assert!(accepts_gzip(&parts("deflate, GZIP;q=0.5")));
         assert!(!accepts_gzip(&parts("gzip;q=0")));
+        assert!(!accepts_gzip(&parts("gzip;Q=0")), "the q is case-insensitive");
+        assert!(!accepts_gzip(&parts("gzip ; q = 0.000")));
+        assert!(accepts_gzip(&parts("x-gzip")));
+        assert!(accepts_gzip(&parts("*")));
+        assert!(!accepts_gzip(&parts("*;q=0")));
+        assert!(!accepts_gzip(&parts("gzip;q=0, *;q=1")), "gzip's own weight wins");
         assert!(!accepts_gzip(&parts("identity")));
     }
 }
