@@ -35,7 +35,13 @@ pub enum Resolution {
 
 /// Consecutive-failure circuit of one lane. Closed: attempts go out freely. Open (after
 /// `threshold` consecutive failures): one attempt at a time passes the gate, and the next may
-/// not start before a backoff after the last failed probe; the first success closes it.
+/// not start before a gap after the last failed probe: the partner's `Retry-After` when it
+/// sent one (at least [`MIN_PROBE_GAP`]), else a growing backoff; the first success closes it
+/// and every batch waiting at the gate goes at once.
+/// The shortest gap between probes, whatever `Retry-After` says (`Retry-After: 0` must not
+/// turn probing into a loop).
+pub const MIN_PROBE_GAP: Duration = Duration::from_millis(250);
+
 pub struct Circuit {
     failures: AtomicU32,
     threshold: u32,
@@ -62,6 +68,10 @@ impl Circuit {
             return None;
         }
         let gate = self.gate.lock().await;
+        // Closed while this attempt waited for the gate: no need to hold it.
+        if self.failures.load(Relaxed) < self.threshold {
+            return None;
+        }
         if let Some(at) = *gate {
             tokio::time::sleep_until(at).await;
         }
@@ -85,6 +95,7 @@ impl Circuit {
         &self,
         destination: &str,
         gate: Option<tokio::sync::MutexGuard<'_, Option<Instant>>>,
+        retry_after: Option<Duration>,
     ) {
         let n = self.failures.fetch_add(1, Relaxed) + 1;
         if n == self.threshold {
@@ -95,17 +106,25 @@ impl Circuit {
             );
         }
         if let Some(mut g) = gate {
-            // Equal jitter: the gap between probes never collapses to zero.
-            // Another request's success may have closed the circuit while this probe was out:
-            // then `n` is below the threshold and the gap is the shortest one.
-            let delay = retry_delay(
-                n.saturating_sub(self.threshold) + 1,
-                self.initial,
-                self.max_delay,
-                None,
-                1.0,
-            );
-            *g = Some(Instant::now() + delay / 2 + delay.mul_f64(fastrand::f64() / 2.0));
+            let gap = match retry_after {
+                // The partner says when to come back: after a long outage that is often much
+                // sooner than the backoff has grown to.
+                Some(ra) => ra.max(MIN_PROBE_GAP),
+                None => {
+                    // Equal jitter: the gap between probes never collapses to zero. Another
+                    // request's success may have closed the circuit while this probe was out:
+                    // then `n` is below the threshold and the gap is the shortest one.
+                    let delay = retry_delay(
+                        n.saturating_sub(self.threshold) + 1,
+                        self.initial,
+                        self.max_delay,
+                        None,
+                        1.0,
+                    );
+                    delay / 2 + delay.mul_f64(fastrand::f64() / 2.0)
+                }
+            };
+            *g = Some(Instant::now() + gap);
         }
     }
 }
@@ -136,7 +155,11 @@ impl Resolver<'_> {
         let first_attempt_ms = now_ms();
         let mut attempt = 0u32;
         loop {
-            let gate = self.circuit.turn().await;
+            let gate = tokio::select! {
+                g = self.circuit.turn() => g,
+                _ = wait_for(state, RunState::Stop) => return Resolution::Abandoned,
+            };
+            let probe = gate.is_some();
             attempt += 1;
             let (class, status, detail, retry_after) = match self.sender.send(req).await {
                 Outcome::Delivered { .. } => {
@@ -151,7 +174,7 @@ impl Resolver<'_> {
                 } => (class, status, detail, retry_after),
             };
             self.metrics.requests_failed.fetch_add(1, Relaxed);
-            self.circuit.failure(name, gate);
+            self.circuit.failure(name, gate, retry_after);
             let permanent = class == Class::Permanent && !self.retry_permanent;
             let exhausted = self.retry.max_attempts.is_some_and(|max| attempt >= max);
             let age = Duration::from_millis((now_ms() - oldest_ms).max(0) as u64);
@@ -195,6 +218,20 @@ impl Resolver<'_> {
                 return Resolution::Abandoned;
             }
             self.metrics.retries.fetch_add(1, Relaxed);
+            if probe {
+                // A failed probe goes straight back to the gate, which spaces the next one.
+                tracing::warn!(
+                    destination = name,
+                    request_id = %req.request_id,
+                    users,
+                    status,
+                    ?class,
+                    attempt,
+                    %detail,
+                    "probe failed; the circuit stays open"
+                );
+                continue;
+            }
             let delay = retry_delay(
                 attempt,
                 self.retry.initial,
@@ -238,14 +275,14 @@ mod tests {
     #[tokio::test]
     async fn a_probe_failing_after_another_success_closed_the_circuit_is_fine() {
         let c = Circuit::new(&policy());
-        c.failure("d", None);
-        c.failure("d", None);
+        c.failure("d", None, None);
+        c.failure("d", None, None);
         let gate = c.turn().await;
         assert!(gate.is_some(), "open: attempts take the gate");
         // Meanwhile another request succeeds and closes the circuit...
         c.success("d", None);
         // ...and then the probe fails: no underflow, the next probe is spaced.
-        c.failure("d", gate);
+        c.failure("d", gate, None);
         let next = c.gate.lock().await.expect("a next-probe time is set");
         assert!(next > Instant::now());
         assert!(

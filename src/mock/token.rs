@@ -598,12 +598,18 @@ mod tests {
         assert!(accepts_gzip(&parts("gzip")));
         assert!(accepts_gzip(&parts("deflate, GZIP;q=0.5")));
         assert!(!accepts_gzip(&parts("gzip;q=0")));
-        assert!(!accepts_gzip(&parts("gzip;Q=0")), "the q is case-insensitive");
+        assert!(
+            !accepts_gzip(&parts("gzip;Q=0")),
+            "the q is case-insensitive"
+        );
         assert!(!accepts_gzip(&parts("gzip ; q = 0.000")));
         assert!(accepts_gzip(&parts("x-gzip")));
         assert!(accepts_gzip(&parts("*")));
         assert!(!accepts_gzip(&parts("*;q=0")));
-        assert!(!accepts_gzip(&parts("gzip;q=0, *;q=1")), "gzip's own weight wins");
+        assert!(
+            !accepts_gzip(&parts("gzip;q=0, *;q=1")),
+            "gzip's own weight wins"
+        );
         assert!(!accepts_gzip(&parts("identity")));
     }
 }

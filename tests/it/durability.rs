@@ -537,3 +537,51 @@ async fn a_dribbling_partner_times_out_and_is_retried_until_it_answers_in_time()
     );
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn after_a_long_outage_probes_follow_the_partners_retry_after() {
+    // The backoff grows toward max_delay (60 s); the partner says "come back in 1 s". Once the
+    // circuit is open, probes come every Retry-After (not sooner), not at the grown backoff.
+    let env = mock(|c| {
+        c.faults = Faults {
+            fail_next: 10,
+            error_status: 503,
+            retry_after_secs: Some(1),
+            ..Faults::default()
+        }
+    })
+    .await;
+    let config = env.config_with(
+        "linger_ms = 0\nmax_in_flight = 1",
+        "",
+        "",
+        "initial_ms = 2000\nmax_delay_ms = 60000\ncircuit_threshold = 2",
+    );
+    let daemon = Daemon::start(&config).await.unwrap();
+    assert_eq!(post_events(daemon.intake_addr, events(1, 1)).await.0, 202);
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(
+        wait_until(Duration::from_secs(60), || m.snapshot().delivered_users
+            == 1)
+        .await,
+        "delivered once the partner answers"
+    );
+    let at: Vec<u64> = env
+        .mock
+        .state
+        .journal()
+        .into_iter()
+        .filter(|j| j.path == "/segments/aam")
+        .map(|j| j.at_ms)
+        .collect();
+    assert_eq!(at.len(), 11, "10 failures, then the success");
+    // From the third attempt on the circuit is open: every gap is the partner's second.
+    for w in at[2..].windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            (990..5_000).contains(&gap),
+            "probes {gap} ms apart, Retry-After said 1 s: {at:?}"
+        );
+    }
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
