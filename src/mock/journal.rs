@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::payload::Payload;
 
+/// The client's address, put in each request's extensions by the server loop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub std::net::SocketAddr);
+
 /// One request to journal: what came in, and how it was answered.
 pub(crate) struct Record<'a> {
     pub seq: u64,
@@ -27,6 +31,9 @@ pub struct JournalEntry {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// The client's address and port (one per connection).
+    #[serde(default)]
+    pub peer: String,
     pub body_bytes: usize,
     pub status: u16,
     /// `accepted` or the rejection reason.

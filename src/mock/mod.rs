@@ -57,7 +57,12 @@ impl MockPartner {
         let server = serve(
             listener,
             Some(tokio_rustls::TlsAcceptor::from(tls)),
-            move |req, _peer| route(s.clone(), req),
+            move |mut req, peer| {
+                // The client's address and port: one per connection, so the journal shows
+                // which requests shared a (kept-alive) connection.
+                req.extensions_mut().insert(journal::Peer(peer));
+                route(s.clone(), req)
+            },
         );
         Ok(MockPartner {
             addr: server.addr,

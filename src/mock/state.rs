@@ -413,6 +413,12 @@ impl MockState {
             method: r.request.method.to_string(),
             path: r.request.uri.path().to_string(),
             headers: redact_headers(&r.request.headers),
+            peer: r
+                .request
+                .extensions
+                .get::<super::journal::Peer>()
+                .map(|p| p.0.to_string())
+                .unwrap_or_default(),
             body_bytes: r.body_bytes,
             status: r.status.as_u16(),
             verdict: r.verdict.to_string(),

@@ -1,6 +1,7 @@
 //! TLS toward partners: mutual TLS with a client certificate when the partner requires one,
 //! verification always on unless `insecure_skip_verify` (which then works, and is logged at
-//! ERROR), and an untrusted partner certificate refused with a clear error.
+//! ERROR), an untrusted partner certificate refused with a clear error, and connections kept
+//! alive (a TLS handshake per request would cost the partner and us dearly).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -138,4 +139,41 @@ async fn an_untrusted_partner_is_refused_unless_insecure_skip_verify_which_is_lo
             && l.contains("partner-a")),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_requests_reuse_their_connections() {
+    let env = mock(|_| {}).await;
+    let config = env.config("linger_ms = 0\nmax_users = 1\nmax_in_flight = 1", "");
+    let daemon = Daemon::start(&config).await.unwrap();
+    let m = daemon.destinations[0].metrics.clone();
+    for i in 1..=30u64 {
+        assert_eq!(
+            post_events(daemon.intake_addr, event("partner-a", i, &[("1", "1")]))
+                .await
+                .0,
+            202
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || m.snapshot().delivered_users
+                == i)
+            .await
+        );
+    }
+    let peers: std::collections::HashSet<String> = env
+        .mock
+        .state
+        .journal()
+        .into_iter()
+        .filter(|j| j.path == "/segments/aam")
+        .map(|j| j.peer)
+        .collect();
+    // One connection, or a couple when a request started before the previous connection was
+    // back in the pool; never one per request.
+    assert!(
+        (1..=3).contains(&peers.len()),
+        "30 publish requests over {} connections: {peers:?}",
+        peers.len()
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
 }
