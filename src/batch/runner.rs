@@ -34,6 +34,9 @@ use crate::payload::UserRecord;
 use crate::shutdown::RunState;
 use crate::spool::SpoolError;
 
+/// The longest a batch request waits for the destination's real-time traffic to be idle.
+pub const YIELD_MAX: Duration = Duration::from_millis(250);
+
 /// Everything a batch run of one destination needs.
 pub struct BatchContext {
     pub destination: String,
@@ -562,11 +565,11 @@ async fn send_chunk(
                 let _ = l.until_n_ready(n.min(*cap)).await;
             }
             if let Some(rt) = &ctx.realtime {
-                // Batch yields to real-time: wait (briefly, bounded) while it has work in flight.
-                for _ in 0..20 {
-                    if rt.in_flight_users.load(Relaxed) == 0 {
-                        break;
-                    }
+                // Batch yields to real-time: a request does not start while real-time work is
+                // in flight, for up to YIELD_MAX (so a steady real-time stream slows batches
+                // down but never stops them).
+                let until = Instant::now() + YIELD_MAX;
+                while rt.in_flight_users.load(Relaxed) > 0 && Instant::now() < until {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }

@@ -541,3 +541,56 @@ async fn batch_run_exits_with_distinct_codes_for_rejects_and_dead_letters() {
     assert_eq!(dead.0, Some(3), "{}", dead.1);
     assert!(dead.1.contains("DEAD LETTERS"), "{}", dead.1);
 }
+
+// The batch's yield to real-time traffic: while the destination's real-time lane has work in
+// flight, no batch request starts (for up to YIELD_MAX each); once it is idle, the batch goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_request_waits_while_real_time_work_is_in_flight() {
+    use irisd::batch::runner::{run_files, BatchContext, Progress};
+    let env = mock(|_| {}).await;
+    let config = batch_config(&env, "", "max_users = 10\nmax_in_flight = 1");
+    let d = &config.destinations[0];
+    let realtime = std::sync::Arc::new(irisd::metrics::DestinationMetrics::default());
+    let (sender, _) = irisd::delivery::build::build_sender(d, realtime.clone()).unwrap();
+    let ctx = std::sync::Arc::new(BatchContext::new(
+        d.name.clone(),
+        sender,
+        d.batch.clone().unwrap(),
+        d.retry.clone(),
+        false,
+        std::sync::Arc::new(irisd::delivery::resolve::Circuit::new(&d.retry)),
+        Some(realtime.clone()),
+        config.spool.path.clone(),
+    ));
+    let file = env.dir.path().join("yield.csv");
+    write(&file, &csv(1, 31), false);
+    // Real-time work in flight from before the batch starts.
+    realtime
+        .in_flight_users
+        .store(3, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(async move {
+        run_files(
+            ctx,
+            &[file],
+            std::sync::Arc::new(Progress::default()),
+            running(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let early = env.mock.state.stats().publish_requests;
+    // Only meaningful while this check came before YIELD_MAX ran out for the first request.
+    if started.elapsed() < irisd::batch::runner::YIELD_MAX {
+        assert_eq!(
+            early, 0,
+            "a batch request went out while real-time work was in flight"
+        );
+    }
+    realtime
+        .in_flight_users
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let report = run.await.unwrap().unwrap();
+    assert_eq!((report.users, report.requests), (30, 3));
+    assert_eq!(env.mock.state.stats().unique_users, 30);
+}
