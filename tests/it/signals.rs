@@ -202,9 +202,13 @@ async fn sigterm_in_a_burst_of_reloads_under_load_stops_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_intake_answers_503_while_the_daemon_drains() {
-    // A slow partner keeps the daemon in its grace period for a while.
+    // A slow partner (3 s, well within the publish timeout) keeps the daemon in its grace
+    // period for a while.
     let env = mock(|c| c.faults.latency_ms = 3_000).await;
-    let config = env.config_file().publish("linger_ms = 0").write();
+    let config = env
+        .config_file()
+        .publish("linger_ms = 0\ntimeout_ms = 30000")
+        .write();
     let mut d = Notified::start(&config, env.dir.path(), 30);
     let (addr, mut d) = tokio::task::spawn_blocking(move || {
         assert_eq!(d.next_state(), "READY=1");
@@ -235,7 +239,10 @@ async fn the_intake_answers_503_while_the_daemon_drains() {
             .unwrap(),
         0
     );
-    assert_eq!(env.mock.state.user_counts().get("1"), Some(&1));
+    assert!(
+        env.mock.state.user_counts().contains_key("1"),
+        "delivered in the grace period"
+    );
 }
 
 /// Posts batches of 20 fresh users until `stop`; returns the ones answered 202.
