@@ -11,6 +11,7 @@ use base64::Engine;
 use http::HeaderValue;
 use irisd::daemon::Daemon;
 use irisd::metrics::DestinationMetrics;
+use irisd::mock::faults::Faults;
 use irisd::oauth::{Credentials, TokenCache, TokenClient};
 use irisd::transport::{ClientOptions, HttpClient};
 use secrecy::{ExposeSecret, SecretString};
@@ -254,20 +255,31 @@ async fn single_flight_100_cold_publishes_through_the_daemon_make_one_token_requ
 
 #[tokio::test]
 async fn token_is_refreshed_ahead_of_expiry_without_stalling_sends() {
-    let env = mock(|c| c.token_ttl_secs = Some(3)).await;
-    // Lifetime 3 s, skew 2 s: the refresh is due after 1 s, expiry after 3 s.
-    let (cache, _) = token_cache(&env, Some(Duration::from_secs(2)));
+    let env = mock(|c| c.token_ttl_secs = Some(10)).await;
+    // Lifetime 10 s, skew 8 s: the refresh is due after 2 s, expiry after 10 s.
+    let (cache, _) = token_cache(&env, Some(Duration::from_secs(8)));
     let first = cache.get().await.unwrap();
     assert_eq!(first.generation, 1);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    // Inside the refresh window: the current token comes back at once, a refresh starts.
-    let during = tokio::time::timeout(Duration::from_millis(50), cache.get())
-        .await
-        .unwrap()
+    // The refresh will take a while at the token endpoint.
+    env.mock
+        .state
+        .set_faults(Faults {
+            token_latency_ms: 1_500,
+            ..Faults::default()
+        })
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Inside the refresh window: the current token comes back and a refresh starts. Had the
+    // send waited for that refresh, it would have got the new token.
+    let during = cache.get().await.unwrap();
     assert_eq!(during.generation, 1, "sends are not stalled by the refresh");
+    let again = cache.get().await.unwrap();
+    assert_eq!(
+        again.generation, 1,
+        "one refresh at a time, and no wait for it"
+    );
     assert!(
-        wait_until(Duration::from_secs(1), || cache
+        wait_until(Duration::from_secs(30), || cache
             .peek()
             .is_some_and(|t| t.generation == 2))
         .await
