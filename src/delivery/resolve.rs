@@ -290,4 +290,34 @@ mod tests {
             "one failure since the reset: closed"
         );
     }
+
+    // Paused time: the gaps are exact, whatever else the machine is doing.
+    #[tokio::test(start_paused = true)]
+    async fn open_circuit_probes_follow_retry_after_but_never_faster_than_the_floor() {
+        let mut p = policy();
+        p.initial = Duration::from_secs(20);
+        p.max_delay = Duration::from_secs(60);
+        let c = Circuit::new(&p);
+        c.failure("d", None, None);
+        c.failure("d", None, None);
+        // The partner says 1 s: the next probe waits exactly that, not the 10-20 s backoff.
+        let gate = c.turn().await;
+        let t = Instant::now();
+        c.failure("d", gate, Some(Duration::from_secs(1)));
+        let gate = c.turn().await;
+        assert_eq!(t.elapsed(), Duration::from_secs(1));
+        // Retry-After: 0 is held to the floor.
+        let t = Instant::now();
+        c.failure("d", gate, Some(Duration::ZERO));
+        let gate = c.turn().await;
+        assert_eq!(t.elapsed(), MIN_PROBE_GAP);
+        // Without Retry-After, the grown backoff (equal jitter: at least half of it).
+        let t = Instant::now();
+        c.failure("d", gate, None);
+        let gate = c.turn().await;
+        assert!(t.elapsed() >= Duration::from_secs(20), "{:?}", t.elapsed());
+        // A success closes it: the next attempt does not wait.
+        c.success("d", gate);
+        assert!(c.turn().await.is_none());
+    }
 }
