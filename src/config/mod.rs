@@ -27,11 +27,12 @@ use crate::oauth::Credentials;
 /// A configuration problem, with enough context to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read config file: {source}")]
+    /// The file could not be read. (The OS error is part of the message, not a `source`:
+    /// printed as a chain it would say the same thing twice.)
+    #[error("{path}: cannot read config file: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The TOML is malformed or does not fit the schema (unknown key, wrong type, missing key).
     #[error("{path}:{line}:{column}: {key}: {message}")]
@@ -55,9 +56,9 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::from_toml(path, &text)
     }
@@ -65,9 +66,9 @@ impl Config {
     /// Only the `[spool]` section of a configuration file (the rest is checked for syntax and
     /// schema but secrets are not loaded): what `irisd dlq` needs.
     pub fn load_spool(path: &Path) -> Result<SpoolConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let raw = parse_raw(path, &text)?;
         let ctx = Ctx {

@@ -32,7 +32,7 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Why no token was obtained.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
-    #[error("token endpoint unreachable: {0}")]
+    #[error("{}", transport_message(.0))]
     Transport(#[from] TransportError),
     /// RFC 6749 §5.2 error response.
     #[error("token endpoint answered {status} {error}{}", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
@@ -57,11 +57,24 @@ pub enum TokenError {
     BackingOff { retry_in: Duration, last: String },
 }
 
+/// What happened on the way to the token endpoint, named as it happened: an answer that was
+/// too large came from an endpoint that was reached.
+fn transport_message(e: &TransportError) -> String {
+    match e {
+        TransportError::Io(cause) => format!("token endpoint unreachable: {cause}"),
+        TransportError::Timeout(d) => format!("token endpoint did not answer within {d:?}"),
+        TransportError::TooLarge(max) => format!(
+            "the token endpoint's answer is larger than {max} bytes, more than a token response can be; it was not read"
+        ),
+    }
+}
+
 impl TokenError {
     /// A short label for metrics (`ok`, `invalid_client`, `transport`, ...).
     pub fn label(&self) -> String {
         match self {
             TokenError::Transport(TransportError::Timeout(_)) => "timeout".into(),
+            TokenError::Transport(TransportError::TooLarge(_)) => "too_large".into(),
             TokenError::Transport(_) => "transport".into(),
             TokenError::Rejected { error, .. } => sanitize_label(error),
             TokenError::UnexpectedStatus { status, .. } => format!("http_{status}"),

@@ -135,3 +135,22 @@ fn json_logs_are_one_object_per_line_with_the_destination() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--log-format"));
 }
+
+#[test]
+fn a_missing_config_file_is_named_once() {
+    let out = irisd()
+        .args(["check-config", "/nonexistent/irisd.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/irisd.toml: cannot read config file"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the OS error once: {stderr}"
+    );
+}

@@ -298,7 +298,9 @@ async fn hostile_token_endpoints_are_bounded_and_reported() {
         .err()
         .map(|e| e.to_string())
         .expect("the fetch must fail");
-    assert!(e.contains("65536") || e.contains("too large"), "{e}");
+    // The endpoint was reached; what it sent was too much, and the message says so.
+    assert!(e.contains("larger than 65536 bytes"), "{e}");
+    assert!(!e.contains("unreachable"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // Headers, then a body that never ends.
@@ -320,7 +322,7 @@ async fn hostile_token_endpoints_are_bounded_and_reported() {
         .err()
         .map(|e| e.to_string())
         .expect("the fetch must fail");
-    assert!(e.contains("no response within 3s"), "{e}");
+    assert!(e.contains("did not answer within 3s"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // A redirect to http://: not followed, and said so.
