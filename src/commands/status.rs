@@ -63,11 +63,18 @@ async fn fetch(
     })
 }
 
-/// The status as a table.
+/// The status as a table. Every cell is made a string first: `serde_json::Value`'s `Display`
+/// ignores widths, which misaligned the columns.
 fn render(v: &serde_json::Value) -> String {
     use std::fmt::Write;
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let ms = |v: &serde_json::Value| format!("{:.1}", v.as_f64().unwrap_or(0.0));
     let mut out = String::new();
-    let _ = writeln!(out, "ready: {}", v["ready"]);
+    let _ = writeln!(out, "ready: {}", cell(&v["ready"]));
     let _ = writeln!(
         out,
         "{:<20} {:>10} {:>10} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8}  token",
@@ -85,23 +92,62 @@ fn render(v: &serde_json::Value) -> String {
         let token = match &d["token"] {
             serde_json::Value::Null => "none".to_string(),
             t => match t["expires_in_s"].as_u64() {
-                Some(e) => format!("age {}s, expires in {e}s", t["age_s"]),
-                None => format!("age {}s, no expiry", t["age_s"]),
+                Some(e) => format!("age {}s, expires in {e}s", cell(&t["age_s"])),
+                None => format!("age {}s, no expiry", cell(&t["age_s"])),
             },
         };
         let _ = writeln!(
             out,
-            "{:<20} {:>10} {:>10} {:>8} {:>8} {:>9} {:>10} {:>8.1} {:>8.1}  {token}",
-            d["destination"].as_str().unwrap_or("?"),
-            d["accepted"],
-            d["delivered"],
-            d["dead_lettered"],
-            d["retries"],
-            d["in_flight"],
-            d["spooled_events"],
-            d["latency_p50_ms"].as_f64().unwrap_or(0.0),
-            d["latency_p99_ms"].as_f64().unwrap_or(0.0),
+            "{:<20} {:>10} {:>10} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8}  {token}",
+            cell(&d["destination"]),
+            cell(&d["accepted"]),
+            cell(&d["delivered"]),
+            cell(&d["dead_lettered"]),
+            cell(&d["retries"]),
+            cell(&d["in_flight"]),
+            cell(&d["spooled_events"]),
+            ms(&d["latency_p50_ms"]),
+            ms(&d["latency_p99_ms"]),
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up_whatever_the_numbers() {
+        let v = serde_json::json!({
+            "ready": true,
+            "destinations": [
+                {"destination": "partner-a", "accepted": 1234567, "delivered": 1234500,
+                 "dead_lettered": 0, "retries": 12, "in_flight": 3, "spooled_events": 67,
+                 "latency_p50_ms": 1.25, "latency_p99_ms": 12.5,
+                 "token": {"age_s": 30, "expires_in_s": 3570}},
+                {"destination": "b", "accepted": 1, "delivered": 1, "dead_lettered": 0,
+                 "retries": 0, "in_flight": 0, "spooled_events": 0,
+                 "latency_p50_ms": 0.5, "latency_p99_ms": 0.5, "token": null}
+            ]
+        });
+        let table = render(&v);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "ready: true");
+        // Every right-aligned column ends at the same place on every row, the header's
+        // included: a cell's last character, then a space.
+        for line in &lines[1..] {
+            let b = line.as_bytes();
+            for end in [31, 42, 51, 60, 70, 81, 90, 99] {
+                assert!(
+                    b[end - 1] != b' ' && b[end] == b' ',
+                    "column ending at {end} misaligned:\n{}",
+                    lines[1..].join("\n")
+                );
+            }
+        }
+        assert!(lines[2].starts_with("partner-a "));
+        assert!(lines[2].contains("age 30s, expires in 3570s"));
+        assert!(lines[3].ends_with("  none"));
+    }
 }
