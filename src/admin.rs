@@ -38,6 +38,8 @@ const LATENCY_BOUNDS: [f64; 12] = [
 #[derive(Clone)]
 pub struct Watched {
     pub name: String,
+    /// `User_DPID`: the destination's device-ID type.
+    pub user_dpid: String,
     pub metrics: Arc<DestinationMetrics>,
     pub tokens: Arc<TokenCache>,
     pub batch: Option<Arc<DestinationMetrics>>,
@@ -361,6 +363,8 @@ impl Admin {
                 let token = w.tokens.peek();
                 serde_json::json!({
                     "destination": w.name,
+                    "user_dpid": w.user_dpid,
+                    "device_id_type": crate::payload::device_id_type(&w.user_dpid),
                     "accepted": s.accepted_users,
                     "delivered": s.delivered_users,
                     "dead_lettered": s.dead_lettered_users,

@@ -63,6 +63,7 @@ fn acceptor(
 /// One destination's live parts, for status and tests.
 pub struct DestinationRuntime {
     pub name: String,
+    pub user_dpid: String,
     pub metrics: Arc<DestinationMetrics>,
     pub tokens: Arc<TokenCache>,
     /// Batch traffic's counters, when the destination has a batch schedule.
@@ -512,6 +513,7 @@ fn watched(destinations: &[DestinationRuntime]) -> Vec<Watched> {
         .iter()
         .map(|d| Watched {
             name: d.name.clone(),
+            user_dpid: d.user_dpid.clone(),
             metrics: d.metrics.clone(),
             tokens: d.tokens.clone(),
             batch: d.batch_metrics.clone(),
@@ -618,6 +620,7 @@ fn launch(
     }
     Ok(DestinationRuntime {
         name: d.name.clone(),
+        user_dpid: d.user_dpid.clone(),
         metrics,
         tokens,
         batch_metrics,

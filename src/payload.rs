@@ -604,6 +604,27 @@ pub fn parse_payload(body: &[u8], max_users: usize) -> Result<Payload, PayloadEr
     Ok(p)
 }
 
+/// Audience Manager's global data sources, the device-ID types `User_DPID` can name (Adobe,
+/// "Global Data Sources"). Any other DPID is a partner's own data source (web IDs).
+const GLOBAL_DATA_SOURCES: [(u64, &str); 8] = [
+    (20914, "Google Advertising ID (GAID)"),
+    (20915, "Apple ID for Advertising (IDFA)"),
+    (121963, "Roku ID for Advertising (RIDA)"),
+    (389146, "Microsoft Advertising ID (MAID)"),
+    (488258, "Amazon Fire TV advertising ID"),
+    (963906, "Samsung Tizen ID for Advertising (TIFA)"),
+    (1171485, "LG webOS TV ID (LGUDID)"),
+    (1171489, "Vizio ID for Advertising (IFA)"),
+];
+
+/// What a `User_DPID` means: a documented device-ID type, or a partner-specific data source.
+pub fn device_id_type(dpid: &str) -> &'static str {
+    dpid.parse::<u64>()
+        .ok()
+        .and_then(|n| GLOBAL_DATA_SOURCES.iter().find(|(id, _)| *id == n))
+        .map_or("partner-specific (web IDs)", |(_, name)| name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -841,5 +862,12 @@ mod tests {
             parse_payload(good.as_bytes(), 0).unwrap_err().reason,
             "too_many_users"
         );
+    }
+
+    #[test]
+    fn user_dpids_name_their_device_id_type() {
+        assert_eq!(device_id_type("20914"), "Google Advertising ID (GAID)");
+        assert_eq!(device_id_type("20915"), "Apple ID for Advertising (IDFA)");
+        assert_eq!(device_id_type("12345"), "partner-specific (web IDs)");
     }
 }

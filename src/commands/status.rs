@@ -110,6 +110,15 @@ fn render(v: &serde_json::Value) -> String {
             ms(&d["latency_p99_ms"]),
         );
     }
+    for d in v["destinations"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{}: User_DPID {} ({})",
+            cell(&d["destination"]),
+            cell(&d["user_dpid"]),
+            cell(&d["device_id_type"])
+        );
+    }
     out
 }
 
@@ -132,7 +141,7 @@ mod tests {
             ]
         });
         let table = render(&v);
-        let lines: Vec<&str> = table.lines().collect();
+        let lines: Vec<&str> = table.lines().take(4).collect();
         assert_eq!(lines[0], "ready: true");
         // Every right-aligned column ends at the same place on every row, the header's
         // included: a cell's last character, then a space.

@@ -159,11 +159,12 @@ impl Config {
             };
             let _ = writeln!(
                 out,
-                "destination {:?} (profile {:?}): AAM_Destination_Id={} User_DPID={} Client_ID={}\n  token  POST {} ({cred}{})\n  publish {} {} gzip={} max_users={} max_bytes={} linger={}ms timeout={}ms max_in_flight={}{}",
+                "destination {:?} (profile {:?}): AAM_Destination_Id={} User_DPID={} ({}) Client_ID={}\n  token  POST {} ({cred}{})\n  publish {} {} gzip={} max_users={} max_bytes={} linger={}ms timeout={}ms max_in_flight={}{}",
                 d.name,
                 d.profile,
                 d.destination_id,
                 d.user_dpid,
+                crate::payload::device_id_type(&d.user_dpid),
                 d.aam_client_id,
                 d.auth.token_url,
                 d.auth.scope.as_ref().map(|s| format!(" scope={s:?}")).unwrap_or_default(),

@@ -153,7 +153,7 @@ impl Ctx<'_> {
         let insecure = d.allow_insecure_http;
         Ok(Destination {
             destination_id: self.number(&d.destination_id, key, "destination_id")?,
-            user_dpid: self.number(&d.user_dpid, key, "user_dpid")?,
+            user_dpid: self.dpid(&d.user_dpid, key)?,
             aam_client_id: self.number(&d.aam_client_id, key, "aam_client_id")?,
             auth: self.auth(key, &d.auth, insecure)?,
             publish: self.publish(key, &d.publish, profile, insecure)?,
@@ -185,6 +185,25 @@ impl Ctx<'_> {
             ));
         }
         Ok(s.clone())
+    }
+
+    /// `User_DPID`: the device-ID type. Any positive data source id is legitimate (a partner's
+    /// own, for web IDs); what cannot be one is refused.
+    fn dpid(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        let s = self.number(v, key, "user_dpid")?;
+        match s.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(s),
+            Ok(_) => Err(self.invalid(
+                v.span(),
+                &format!("{key}.user_dpid"),
+                "0 is no data source; use the partner's DPID (20914 GAID, 20915 IDFA, or the partner's own)",
+            )),
+            Err(_) => Err(self.invalid(
+                v.span(),
+                &format!("{key}.user_dpid"),
+                &format!("{s} is out of range for a data source id (at most {})", i64::MAX),
+            )),
+        }
     }
 
     fn profile(&self, key: &str, p: &Option<Spanned<String>>) -> Result<Profile, ConfigError> {

@@ -177,3 +177,29 @@ fn the_example_config_in_deploy_parses() {
     assert_eq!(c.destinations.len(), 1);
     assert_eq!(c.destinations[0].publish.max_users, 10);
 }
+
+#[test]
+fn user_dpid_is_named_and_only_impossible_values_are_refused() {
+    let ok = parse(&BASE.replace("user_dpid = \"12345\"", "user_dpid = \"20915\"")).unwrap();
+    assert!(
+        ok.summary()
+            .contains("User_DPID=20915 (Apple ID for Advertising (IDFA))"),
+        "{}",
+        ok.summary()
+    );
+    let web = parse(BASE).unwrap();
+    assert!(web
+        .summary()
+        .contains("User_DPID=12345 (partner-specific (web IDs))"));
+    for (value, says) in [
+        ("0", "0 is no data source"),
+        ("ab12", "must be a decimal number"),
+        ("99999999999999999999", "out of range"),
+    ] {
+        let e = err(&BASE.replace("user_dpid = \"12345\"", &format!("user_dpid = \"{value}\"")));
+        assert!(
+            e.starts_with("irisd.toml:7: destination[0].user_dpid:") && e.contains(says),
+            "{value}: {e}"
+        );
+    }
+}
