@@ -219,14 +219,11 @@ pub(super) struct RawBatch {
     pub cron: Option<Spanned<String>>,
     #[serde(default = "default_time_zone")]
     pub time_zone: Spanned<String>,
-    #[serde(default = "default_batch_max_users")]
-    pub max_users: Spanned<usize>,
+    pub max_users: Option<Spanned<usize>>,
     #[serde(default = "default_batch_max_bytes")]
     pub max_bytes: Spanned<usize>,
-    #[serde(default)]
-    pub requests_per_second: u32,
-    #[serde(default)]
-    pub users_per_second: u32,
+    pub requests_per_second: Option<Spanned<u32>>,
+    pub users_per_second: Option<Spanned<u32>>,
     #[serde(default = "default_batch_in_flight")]
     pub max_in_flight: Spanned<usize>,
     #[serde(default = "default_chunk_users")]
@@ -237,9 +234,6 @@ pub(super) struct RawBatch {
 
 fn default_time_zone() -> Spanned<String> {
     Spanned::new(0..0, "UTC".to_string())
-}
-fn default_batch_max_users() -> Spanned<usize> {
-    Spanned::new(0..0, 1000)
 }
 fn default_batch_max_bytes() -> Spanned<usize> {
     Spanned::new(0..0, 4 * 1024 * 1024)

@@ -159,7 +159,11 @@ impl Ctx<'_> {
             publish: self.publish(key, &d.publish, profile, insecure)?,
             retry: self.retry(key, &d.retry, profile)?,
             tls: self.tls(key, d.tls)?,
-            batch: d.batch.as_ref().map(|b| self.batch(key, b)).transpose()?,
+            batch: d
+                .batch
+                .as_ref()
+                .map(|b| self.batch(key, b, profile))
+                .transpose()?,
             signing: d
                 .signing
                 .as_ref()
@@ -456,8 +460,35 @@ impl Ctx<'_> {
         })
     }
 
-    fn batch(&self, key: &str, b: &RawBatch) -> Result<BatchConfig, ConfigError> {
+    fn batch(&self, key: &str, b: &RawBatch, profile: Profile) -> Result<BatchConfig, ConfigError> {
         let k = |f: &str| format!("{key}.batch.{f}");
+        let iris = profile == Profile::Iris;
+        // IRIS sends batches to the same endpoint in the same format as real time: at most 10
+        // users per message, and no client-side rate limit ("could lead to data loss").
+        let max_users = match &b.max_users {
+            Some(v) => {
+                let n = self.positive(v, &k("max_users"), 100_000)?;
+                if iris && n > 10 {
+                    return Err(self.iris_fixes(
+                        v.span(),
+                        &k("max_users"),
+                        "at most 10 users per message, batches too",
+                    ));
+                }
+                n
+            }
+            None if iris => 10,
+            None => 1000,
+        };
+        let rate = |v: &Option<Spanned<u32>>, f: &str| match v {
+            Some(v) if iris => Err(self.iris_fixes(
+                v.span(),
+                &k(f),
+                "IRIS applies no rate limit; the partner absorbs batches",
+            )),
+            Some(v) => Ok(std::num::NonZeroU32::new(*v.get_ref())),
+            None => Ok(None),
+        };
         let schedule = match (&b.daily_at, &b.cron) {
             (None, None) => None,
             (daily, cron) => {
@@ -522,12 +553,12 @@ impl Ctx<'_> {
         Ok(BatchConfig {
             input,
             schedule,
-            max_users: self.positive(&b.max_users, &k("max_users"), 100_000)?,
+            max_users,
             max_bytes: self
                 .positive(&b.max_bytes, &k("max_bytes"), 256 * 1024 * 1024)?
                 .max(1024),
-            requests_per_second: std::num::NonZeroU32::new(b.requests_per_second),
-            users_per_second: std::num::NonZeroU32::new(b.users_per_second),
+            requests_per_second: rate(&b.requests_per_second, "requests_per_second")?,
+            users_per_second: rate(&b.users_per_second, "users_per_second")?,
             max_in_flight: self.positive(&b.max_in_flight, &k("max_in_flight"), 1024)?,
             chunk_users: self.positive(&b.chunk_users, &k("chunk_users"), 10_000_000)?,
             move_done: b.move_done,

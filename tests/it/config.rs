@@ -203,3 +203,35 @@ fn user_dpid_is_named_and_only_impossible_values_are_refused() {
         );
     }
 }
+
+#[test]
+fn the_iris_profile_fixes_batch_delivery_too() {
+    let iris = BASE.replace(
+        "aam_client_id = \"74323\"",
+        "aam_client_id = \"74323\"\nprofile = \"iris\"",
+    );
+    // Defaults: IRIS's 10 users per message for batches as for real time, no rate limit.
+    let c = parse(&format!("{iris}\n[destination.batch]\n")).unwrap();
+    let b = c.destinations[0].batch.as_ref().unwrap();
+    assert_eq!(b.max_users, 10);
+    assert!(b.requests_per_second.is_none() && b.users_per_second.is_none());
+    let reliable = parse(&format!("{BASE}\n[destination.batch]\n")).unwrap();
+    assert_eq!(
+        reliable.destinations[0].batch.as_ref().unwrap().max_users,
+        1000
+    );
+    for (line, says) in [
+        ("max_users = 100", "at most 10 users per message"),
+        ("requests_per_second = 5", "IRIS applies no rate limit"),
+        ("users_per_second = 500", "IRIS applies no rate limit"),
+    ] {
+        let e = err(&format!("{iris}\n[destination.batch]\n{line}\n"));
+        let key = line.split(' ').next().unwrap();
+        assert!(
+            e.contains(&format!(
+                "destination[0].batch.{key}: profile = \"iris\" fixes this"
+            )) && e.contains(says),
+            "{e}"
+        );
+    }
+}
