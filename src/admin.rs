@@ -416,13 +416,18 @@ impl Admin {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "alive"}))
             }
             (&Method::GET, "/readyz") => {
-                if self.ready.load(Relaxed) {
-                    json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+                // "Can this instance accept events now", not merely "alive" (that is /healthz).
+                let problem = if self.ready.load(Relaxed) {
+                    self.spool.not_ready()
                 } else {
-                    json_response(
+                    Some("stopping".to_string())
+                };
+                match problem {
+                    None => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+                    Some(reason) => json_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &serde_json::json!({"status": "stopping"}),
-                    )
+                        &serde_json::json!({"status": "not ready", "reason": reason}),
+                    ),
                 }
             }
             (&Method::GET, "/status") => json_response(StatusCode::OK, &self.status()),

@@ -45,6 +45,12 @@ pub(crate) use schema::store_err;
 pub use schema::{open_connection, SpoolError};
 use writer::Command;
 
+/// How full the spool may be and still report ready.
+pub const READY_BELOW: f64 = 0.95;
+
+/// Once an append was refused for lack of room, how far the spool must drain to be ready again.
+pub const READY_AGAIN_BELOW: f64 = 0.90;
+
 /// Bounds of the spool.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -64,6 +70,10 @@ pub struct Spool {
     /// Events spooled per destination (for the spool depth metric).
     events: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
     total: Arc<AtomicU64>,
+    health: Arc<writer::WriterHealth>,
+    /// An append was refused for the total bound, and the spool has not drained below
+    /// [`READY_AGAIN_BELOW`] since.
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Spool {
@@ -87,7 +97,8 @@ impl Spool {
             usage.insert(dest.clone(), Arc::new(AtomicU64::new(bytes)));
             events.insert(dest, Arc::new(AtomicU64::new(count)));
         }
-        let tx = writer::start(conn, limits.fsync, path)?;
+        let health = Arc::new(writer::WriterHealth::default());
+        let tx = writer::start(conn, limits.fsync, path, health.clone())?;
         Ok(Arc::new(Spool {
             path: path.to_owned(),
             tx,
@@ -95,11 +106,32 @@ impl Spool {
             usage: Mutex::new(usage),
             events: Mutex::new(events),
             total: Arc::new(AtomicU64::new(total)),
+            health,
+            full: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Why the spool cannot take events now, if it cannot: its writer stopped or its last
+    /// write failed, or it is full: an append was refused for `spool.max_bytes` and it has not
+    /// drained below [`READY_AGAIN_BELOW`] since, or it is [`READY_BELOW`] full already (an
+    /// instance about to answer 503 should leave its load balancer's rotation first).
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(problem) = self.health.problem() {
+            return Some(problem);
+        }
+        let used = self.total.load(Relaxed);
+        let limit = self.limits.max_bytes;
+        let full = self.full.load(Relaxed) || used as f64 >= limit as f64 * READY_BELOW;
+        full.then(|| {
+            format!(
+                "the spool is {:.0} % full ({used} of {limit} bytes, spool.max_bytes)",
+                used as f64 * 100.0 / limit as f64
+            )
+        })
     }
 
     fn usage_of(&self, destination: &str) -> Arc<AtomicU64> {
@@ -173,6 +205,7 @@ impl Spool {
         if prev_total + bytes > self.limits.max_bytes {
             self.total.fetch_sub(bytes, Relaxed);
             dest.fetch_sub(bytes, Relaxed);
+            self.full.store(true, Relaxed);
             return Err(full(prev_total, self.limits.max_bytes, "spool.max_bytes"));
         }
         Ok(Reservation {
@@ -229,6 +262,11 @@ impl Spool {
         };
         sub(&self.usage_of(destination));
         sub(&self.total);
+        if self.full.load(Relaxed)
+            && (self.total.load(Relaxed) as f64) < self.limits.max_bytes as f64 * READY_AGAIN_BELOW
+        {
+            self.full.store(false, Relaxed);
+        }
     }
 
     /// Durably moves events to the dead-letter table.

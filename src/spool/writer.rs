@@ -45,12 +45,54 @@ const WRITER_CACHE_KIB: i64 = -16 * 1024;
 /// How long the writer waits for more acks when it has nothing but acks to commit.
 const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// Whether the writer can write: it is running, and its last transaction committed. Read by
+/// `/readyz`.
+#[derive(Debug, Default)]
+pub(super) struct WriterHealth {
+    stopped: std::sync::atomic::AtomicBool,
+    /// The error of the last transaction, when it failed.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl WriterHealth {
+    /// Why the writer cannot take writes now, if it cannot.
+    pub(super) fn problem(&self) -> Option<String> {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some("the spool writer stopped".into());
+        }
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|e| format!("the last spool write failed: {e}"))
+    }
+
+    fn result(&self, error: Option<String>) {
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some() || error.is_some() {
+            *last = error;
+        }
+    }
+}
+
+/// Marks the writer stopped however its thread ends (a panic included).
+struct Stopped(Arc<WriterHealth>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Starts the writer thread on `conn`; it exits when the returned sender (held by the last
 /// `Spool`) is dropped.
 pub(super) fn start(
     conn: Connection,
     fsync: bool,
     path: &std::path::Path,
+    health: Arc<WriterHealth>,
 ) -> Result<std::sync::mpsc::SyncSender<Command>, SpoolError> {
     // The writer deletes blocks soon after writing them: a page cache that holds the blocks in
     // flight spares re-reading their overflow pages from the WAL to free them.
@@ -59,12 +101,20 @@ pub(super) fn start(
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     std::thread::Builder::new()
         .name("irisd-spool-writer".into())
-        .spawn(move || writer_loop(conn, rx, fsync))
+        .spawn(move || {
+            let _stopped = Stopped(health.clone());
+            writer_loop(conn, rx, fsync, &health)
+        })
         .map_err(|e| store_err(path, e))?;
     Ok(tx)
 }
 
-fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, fsync: bool) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: std::sync::mpsc::Receiver<Command>,
+    fsync: bool,
+    health: &WriterHealth,
+) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut progress = PartlyDone::default();
     let mut synchronous = None;
@@ -98,7 +148,9 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, fsy
             && batch
                 .iter()
                 .any(|c| matches!(c, Command::Append { .. } | Command::DeadLetter { .. }));
-        match apply(&mut conn, &mut progress, &mut synchronous, &batch, durable) {
+        let result = apply(&mut conn, &mut progress, &mut synchronous, &batch, durable);
+        health.result(result.as_ref().err().map(ToString::to_string));
+        match result {
             Ok(ids) => {
                 let mut ids = ids.into_iter();
                 for cmd in batch.drain(..) {

@@ -117,3 +117,57 @@ async fn metrics_after_a_known_run() {
     assert_eq!(get(admin, "/readyz").await.0, 503);
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+// /readyz means "this instance can take events now": a load balancer routes away from a full
+// instance before its producers see 503s; /healthz ("alive") does not change.
+#[tokio::test]
+async fn readyz_is_not_ready_while_the_spool_is_full_and_healthz_stays_alive() {
+    let env = mock(|c| {
+        c.faults = Faults {
+            error_rate: 1.0,
+            error_status: 503,
+            ..Faults::default()
+        }
+    })
+    .await;
+    let config = env
+        .config_file()
+        .admin("listen = \"127.0.0.1:0\"")
+        .spool("max_bytes = 65536")
+        .publish("linger_ms = 5")
+        .retry("initial_ms = 50\nmax_delay_ms = 200")
+        .load();
+    let daemon = Daemon::start(&config).await.unwrap();
+    let admin = daemon.admin_addr.unwrap();
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    let mut refused = false;
+    for round in 0..200u64 {
+        let body: String = (0..20)
+            .map(|i| event("partner-a", round * 100 + i, &[("1", "1")]) + "\n")
+            .collect();
+        if post_events(daemon.intake_addr, body).await.0 == 503 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the spool filled up");
+    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("full") && body.contains("spool.max_bytes"),
+        "{body}"
+    );
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    // The partner is back: the spool drains and the instance is ready again.
+    env.mock.state.set_faults(Faults::default()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || daemon
+            .spool
+            .not_ready()
+            .is_none())
+        .await,
+        "ready again once drained"
+    );
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
