@@ -7,15 +7,37 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use irisd::commands::{self, verify::VerifyFormat, Format};
 use irisd::config::{Config, PublishMethod};
+
+/// `irisd --version`: the version, the commit and date it was built from, the target and the
+/// optional features compiled in (as `vector --version` does).
+macro_rules! long_version {
+    ($features:literal) => {
+        concat!(
+            env!("CARGO_PKG_VERSION"),
+            " (",
+            env!("IRISD_TARGET"),
+            " ",
+            env!("IRISD_GIT_COMMIT"),
+            " ",
+            env!("IRISD_BUILD_DATE"),
+            ")\nfeatures: ",
+            $features
+        )
+    };
+}
+#[cfg(feature = "kafka-tls")]
+const LONG_VERSION: &str = long_version!("kafka-tls");
+#[cfg(not(feature = "kafka-tls"))]
+const LONG_VERSION: &str = long_version!("none (default build; kafka-tls is off)");
 
 /// irisd delivers Audience Manager segment qualifications to partners over OAuth 2.0, the way
 /// Adobe's IRIS does: it gets bearer tokens from each partner's token endpoint (client
 /// credentials, HTTP Basic), caches them, and publishes gzip'd JSON payloads over HTTPS.
 #[derive(Parser)]
-#[command(name = "irisd", version, about, long_about = None)]
+#[command(name = "irisd", version, long_version = LONG_VERSION, about, long_about = None)]
 struct Cli {
     /// Log format on stderr: `text` (readable) or `json` (one object per line, for collectors).
     /// The level comes from RUST_LOG (default info).
@@ -149,6 +171,18 @@ enum Command {
         #[command(subcommand)]
         action: BatchAction,
     },
+    /// Print a shell completion script, e.g. `irisd completions bash > /etc/bash_completion.d/irisd`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (roff): irisd.1 and one per subcommand, e.g.
+    /// `irisd man --dir /usr/local/share/man/man1`; without --dir, print irisd.1.
+    Man {
+        /// Directory to write the pages into.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `irisd bench` options.
@@ -222,6 +256,7 @@ enum BatchAction {
     /// Deliver batch files now (CSV or NDJSON, optionally .gz). Resumes files a previous run
     /// left unfinished; skips files already delivered. Prints a JSON report at the end.
     Run {
+        /// The TOML configuration (see deploy/irisd.example.toml).
         #[arg(long, short)]
         config: PathBuf,
         /// The destination to deliver to.
@@ -239,8 +274,10 @@ enum BatchAction {
 enum DlqAction {
     /// List dead letters, oldest first.
     List {
+        /// The TOML configuration whose `[spool] path` holds the dead letters.
         #[arg(long, short)]
         config: PathBuf,
+        /// Only this destination's dead letters [default: all].
         #[arg(long)]
         destination: Option<String>,
         /// At most this many.
@@ -252,6 +289,7 @@ enum DlqAction {
     },
     /// Show one dead letter, with the user record it holds.
     Show {
+        /// The TOML configuration whose `[spool] path` holds the dead letters.
         #[arg(long, short)]
         config: PathBuf,
         /// The event id (from `list`).
@@ -259,8 +297,10 @@ enum DlqAction {
     },
     /// Put dead letters back into the spool; they go out through the normal path.
     Replay {
+        /// The TOML configuration whose `[spool] path` holds the dead letters.
         #[arg(long, short)]
         config: PathBuf,
+        /// Only this destination's dead letters [default: all].
         #[arg(long)]
         destination: Option<String>,
         /// Only this event id.
@@ -269,8 +309,10 @@ enum DlqAction {
     },
     /// Delete dead letters for good.
     Purge {
+        /// The TOML configuration whose `[spool] path` holds the dead letters.
         #[arg(long, short)]
         config: PathBuf,
+        /// Only this destination's dead letters [default: all].
         #[arg(long)]
         destination: Option<String>,
         /// Only this event id.
@@ -436,5 +478,73 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     files,
                 },
         } => commands::batch::run(&config, &destination, report, files).await?,
+        Command::Completions { shell } => {
+            // Into a buffer first: a closed pipe (`| head`) is an error to report, not a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "irisd", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("writing the completion script")?;
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => {
+            man_pages(dir.as_deref())?;
+            ExitCode::SUCCESS
+        }
     })
+}
+
+/// The manual: irisd.1 for the whole command, irisd-SUB.1 for each subcommand.
+fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: String, cmd: clap::Command| -> anyhow::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).title(&name).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
+    };
+    for sub in cmd.get_subcommands() {
+        write(format!("irisd-{}", sub.get_name()), sub.clone())?;
+    }
+    write("irisd".into(), cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag and argument says what it is for, in every subcommand.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (the subcommand)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "irisd", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

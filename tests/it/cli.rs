@@ -154,3 +154,61 @@ fn a_missing_config_file_is_named_once() {
         "the OS error once: {stderr}"
     );
 }
+
+#[test]
+fn version_completions_and_manual_come_from_the_command_line_definition() {
+    let out = irisd().arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    // `irisd 0.1.0 (target commit date)` and the optional features compiled in.
+    let first = version.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!("irisd {} (", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    let inner = first.split_once('(').unwrap().1.trim_end_matches(')');
+    let parts: Vec<&str> = inner.split(' ').collect();
+    assert_eq!(parts.len(), 3, "{version}");
+    assert!(
+        parts[0].contains("linux") || parts[0].contains('-'),
+        "{version}"
+    );
+    assert!(
+        parts[2].len() == 10 && parts[2].as_bytes()[4] == b'-',
+        "{version}"
+    );
+    assert!(version.contains("features: "), "{version}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = irisd().args(["completions", shell]).output().unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        for sub in [
+            "run",
+            "mock-partner",
+            "check-config",
+            "dlq",
+            "verify",
+            "batch",
+        ] {
+            assert!(script.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = irisd()
+        .arg("man")
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(dir.path().join("irisd-run.1")).unwrap();
+    assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+    assert!(
+        page.contains("grace"),
+        "the run page documents --grace-secs"
+    );
+}
