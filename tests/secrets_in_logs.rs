@@ -1,7 +1,7 @@
 //! No secret ever reaches the logs: the whole path runs with every target at TRACE into a
 //! captured buffer (token fetch, refresh-ahead, 401 + replay, a rejected client, a failing
-//! publish), then the buffer is searched for the client secret, its encoded forms and every
-//! token the mock issued. This file is its own test binary because it installs the global
+//! publish), then the buffer is searched for the client secret, its encoded forms, every
+//! token the mock issued and a value interpolated into the configuration from the environment. This file is its own test binary because it installs the global
 //! subscriber.
 
 // Shared with the `it` binary; this one uses a few of its helpers.
@@ -32,6 +32,7 @@ impl Write for Capture {
 }
 
 const OPAQUE: &str = "opaque-partner-credential-0123456789";
+const INTERPOLATED: &str = "interpolated-query-key-9876543210";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_or_token_appears_in_trace_logs() {
@@ -44,7 +45,27 @@ async fn no_secret_or_token_appears_in_trace_logs() {
         .init();
 
     let env = mock(|c| c.token_ttl_secs = Some(2)).await;
-    let mut config = env.config("linger_ms = 10", "refresh_skew_secs = 1");
+    // The publish URL carries a value interpolated from the environment (a partner's query
+    // key, say): it must not reach the logs either.
+    let file = env
+        .config_file()
+        .publish("linger_ms = 10")
+        .auth("refresh_skew_secs = 1");
+    let publish = env.mock.publish_url();
+    let text = file.text().replace(
+        &format!("url = \"{publish}\""),
+        &format!("url = \"{publish}?key=${{IRISD_LOG_TEST_QUERY_KEY}}\""),
+    );
+    file.write();
+    std::env::set_var("IRISD_LOG_TEST_QUERY_KEY", INTERPOLATED);
+    let path = env.dir.path().join("irisd.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut config = irisd::config::Config::load(&path).unwrap();
+    assert!(config.destinations[0]
+        .publish
+        .url
+        .to_string()
+        .ends_with(INTERPOLATED));
     // A second destination whose opaque credential the partner does not know.
     let mut rejected = config.destinations[0].clone();
     rejected.name = "partner-b".into();
@@ -111,6 +132,7 @@ async fn no_secret_or_token_appears_in_trace_logs() {
         encoded_secret,
         basic,
         OPAQUE.to_string(),
+        INTERPOLATED.to_string(),
     ];
     secrets.extend(tokens);
     for s in &secrets {

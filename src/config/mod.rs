@@ -6,10 +6,12 @@
 //! TOML span gives the line. Then [`validate`] checks what serde cannot and produces the
 //! [`model`] the daemon runs on, loading [`secrets`] once into [`SecretString`]s that are never
 //! printed ([`Config`]'s `Debug` shows `[REDACTED]`). Every error names the file, the line and
-//! the key (`irisd.toml:14: destination[0].auth.token_url: ...`).
+//! the key (`irisd.toml:14: destination[0].auth.token_url: ...`). Before any of this, `${VAR}`
+//! and `${VAR:-default}` in string values are taken from the environment ([`interpolate`]).
 //!
 //! [`SecretString`]: secrecy::SecretString
 
+mod interpolate;
 mod model;
 mod schema;
 pub mod secrets;
@@ -70,6 +72,7 @@ impl Config {
             path: path.to_owned(),
             cause,
         })?;
+        let text = interpolated(path, &text)?;
         let raw = parse_raw(path, &text)?;
         let ctx = Ctx {
             path,
@@ -82,6 +85,7 @@ impl Config {
     /// Parses and validates configuration text; `path` is used in messages and to resolve
     /// relative file paths.
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let text = &interpolated(path, text)?;
         let raw = parse_raw(path, text)?;
         let ctx = Ctx {
             path,
@@ -90,6 +94,19 @@ impl Config {
         };
         ctx.config(raw)
     }
+}
+
+/// The text with `${VAR}` / `${VAR:-default}` references in its strings replaced from the
+/// environment (see [`interpolate`]).
+fn interpolated(path: &Path, text: &str) -> Result<String, ConfigError> {
+    interpolate::interpolate(text, |name| std::env::var(name).ok()).map_err(|e| {
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            line: e.line,
+            key: e.key.unwrap_or_else(|| "(value)".into()),
+            message: e.message,
+        }
+    })
 }
 
 fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {

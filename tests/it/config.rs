@@ -235,3 +235,57 @@ fn the_iris_profile_fixes_batch_delivery_too() {
         );
     }
 }
+
+#[tokio::test]
+async fn environment_variables_are_interpolated_into_string_values_end_to_end() {
+    let env = crate::common::mock(|_| {}).await;
+    let file = env.config_file().publish("linger_ms = 5");
+    let publish = env.mock.publish_url();
+    let text = file
+        .text()
+        .replace(
+            &format!("url = \"{publish}\""),
+            "url = \"${IRISD_IT_INTERP_URL}\"",
+        )
+        .replace(
+            "destination_id = \"423\"",
+            "destination_id = \"${IRISD_IT_INTERP_UNSET:-423}\"",
+        );
+    std::env::set_var("IRISD_IT_INTERP_URL", &publish);
+    file.write();
+    let path = env.dir.path().join("irisd.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.destinations[0].publish.url.to_string(), publish);
+    assert_eq!(config.destinations[0].destination_id, "423");
+    let daemon = irisd::daemon::Daemon::start(&config).await.unwrap();
+    let (status, _, _) = crate::common::post_events(
+        daemon.intake_addr,
+        crate::common::event("partner-a", 1, &[("1", "1")]),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let m = daemon.destinations[0].metrics.clone();
+    assert!(
+        crate::common::wait_until(std::time::Duration::from_secs(30), || {
+            m.snapshot().delivered_users == 1
+        })
+        .await
+    );
+    daemon.shutdown(std::time::Duration::from_secs(5)).await;
+    // Unset and no default: the error names the variable, the line and the key.
+    let broken = text.replace("${IRISD_IT_INTERP_URL}", "${IRISD_IT_INTERP_NOT_SET}");
+    std::fs::write(&path, &broken).unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    let line = broken
+        .lines()
+        .position(|l| l.contains("IRISD_IT_INTERP_NOT_SET"))
+        .unwrap()
+        + 1;
+    assert!(
+        e.contains(&format!(
+            "irisd.toml:{line}: url: environment variable IRISD_IT_INTERP_NOT_SET is not set"
+        )),
+        "{e}"
+    );
+}
