@@ -13,6 +13,7 @@ mod browser;
 mod cli;
 mod config;
 mod crash;
+mod deploy;
 mod durability;
 mod intake;
 mod kafka;
