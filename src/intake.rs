@@ -154,6 +154,33 @@ impl Intake {
             Err(crate::transport::DecodeError::TooLarge(_)) => return too_large(),
             Err(e) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
         };
+        // A full spool refuses before parsing: under overload, a refusal must cost far less
+        // than an acceptance (the body's size stands in for the rendered events' until then).
+        let candidates: Vec<&str> = match only {
+            Some(name) => vec![name],
+            None => lanes.keys().map(String::as_str).collect(),
+        };
+        if let Err(SpoolError::Full {
+            destination, which, ..
+        }) = self.spool.precheck(candidates, body.len() as u64)
+        {
+            let full: &[&str] = if which == "spool.max_bytes" {
+                &[]
+            } else {
+                &[destination.as_str()]
+            };
+            return unavailable(
+                &format!(
+                    "spool full ({which}); nothing of this request was accepted, retry later{}",
+                    if full.is_empty() {
+                        ""
+                    } else {
+                        ", or send each destination's events to POST /v1/destinations/NAME/events so one full partner does not hold up the others"
+                    }
+                ),
+                full,
+            );
+        }
         let batches = match parse_ndjson(&body, &lanes, only, jiff::Timestamp::now()) {
             Ok(b) => b,
             Err((status, msg)) => return error_response(status, msg),

@@ -215,6 +215,45 @@ impl Spool {
         })
     }
 
+    /// Whether `bytes` more could fit now, checked before the request bringing them is parsed,
+    /// so that a full spool refuses without spending the CPU parsing costs. `destinations`:
+    /// the ones the request may be for (one, for `/v1/destinations/NAME/events`); it is refused
+    /// when the total would pass its bound, or when every one of them would pass its own. The
+    /// reservation after parsing, with the real sizes, stays the authority.
+    pub fn precheck<'a>(
+        &self,
+        destinations: impl IntoIterator<Item = &'a str>,
+        bytes: u64,
+    ) -> Result<(), SpoolError> {
+        let total = self.total.load(Relaxed);
+        let mut first = None;
+        if total + bytes > self.limits.max_bytes {
+            self.full.store(true, Relaxed);
+            return Err(SpoolError::Full {
+                destination: destinations.into_iter().next().unwrap_or("").to_string(),
+                used: total,
+                limit: self.limits.max_bytes,
+                which: "spool.max_bytes",
+            });
+        }
+        for d in destinations {
+            let used = self.usage_of(d).load(Relaxed);
+            if used + bytes <= self.limits.max_bytes_per_destination {
+                return Ok(());
+            }
+            first.get_or_insert((d, used));
+        }
+        match first {
+            Some((d, used)) => Err(SpoolError::Full {
+                destination: d.to_string(),
+                used,
+                limit: self.limits.max_bytes_per_destination,
+                which: "spool.max_bytes_per_destination",
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Durably appends events of one or more destinations, all or nothing; returns their ids
     /// (per destination, in order) once the fsync covering them is done. The reservations
     /// must cover the bodies' bytes; they become the events' accounting.
