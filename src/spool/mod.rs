@@ -227,7 +227,7 @@ impl Spool {
     ) -> Result<(), SpoolError> {
         let total = self.total.load(Relaxed);
         let mut first = None;
-        if total + bytes > self.limits.max_bytes {
+        if total.saturating_add(bytes) > self.limits.max_bytes {
             self.full.store(true, Relaxed);
             return Err(SpoolError::Full {
                 destination: destinations.into_iter().next().unwrap_or("").to_string(),
@@ -238,7 +238,7 @@ impl Spool {
         }
         for d in destinations {
             let used = self.usage_of(d).load(Relaxed);
-            if used + bytes <= self.limits.max_bytes_per_destination {
+            if used.saturating_add(bytes) <= self.limits.max_bytes_per_destination {
                 return Ok(());
             }
             first.get_or_insert((d, used));

@@ -353,3 +353,45 @@ async fn a_full_destination_does_not_block_another_and_is_named() {
         .await
     );
 }
+
+// Producers that hang up mid-request: every event that was spooled counts as accepted (its
+// request may have been answered to nobody), so counters never claim more delivered than
+// accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_spooled_for_a_producer_that_hung_up_count_as_accepted() {
+    let env = mock(|_| {}).await;
+    let config = env.config("linger_ms = 5", "");
+    let daemon = Daemon::start(&config).await.unwrap();
+    let addr = daemon.intake_addr;
+    let mut rng = fastrand::Rng::with_seed(7);
+    for round in 0..200u64 {
+        let body: String = (0..50)
+            .map(|i| event("partner-a", round * 100 + i, &[("1", "1")]) + "\n")
+            .collect();
+        // Hang up after a moment: before, during or after the spool's fsync.
+        let request = tokio::spawn(post_events(addr, body));
+        tokio::time::sleep(Duration::from_micros(rng.u64(0..3_000))).await;
+        request.abort();
+    }
+    let m = daemon.destinations[0].metrics.clone();
+    let spool = daemon.spool.clone();
+    // Drained: nothing left in the spool, nothing in flight.
+    assert!(
+        wait_until(Duration::from_secs(60), || spool.events("partner-a") == 0
+            && m.snapshot().in_flight_users == 0)
+        .await
+    );
+    let s = m.snapshot();
+    let seen = env.mock.state.stats().unique_users;
+    assert!(s.accepted_users > 0, "some requests got through");
+    assert!(
+        s.delivered_users <= s.accepted_users,
+        "delivered {} > accepted {}",
+        s.delivered_users,
+        s.accepted_users
+    );
+    // Everything spooled was delivered, so the partner saw exactly what was accepted.
+    assert_eq!(s.accepted_users, seen, "accepted must equal spooled");
+    assert_eq!(s.delivered_users, seen);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
