@@ -232,6 +232,28 @@ impl Ctx<'_> {
         )
     }
 
+    /// Users per message: at most 10 and by default 10 under the iris profile (real time and
+    /// batches alike), else `default`.
+    fn max_users(
+        &self,
+        v: &Option<Spanned<usize>>,
+        key: &str,
+        iris: bool,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        match v {
+            Some(v) => {
+                let n = self.positive(v, key, 100_000)?;
+                if iris && n > 10 {
+                    return Err(self.iris_fixes(v.span(), key, "at most 10 users per message"));
+                }
+                Ok(n)
+            }
+            None if iris => Ok(10),
+            None => Ok(default),
+        }
+    }
+
     /// A whole number in `1..=max`.
     fn positive(&self, v: &Spanned<usize>, key: &str, max: usize) -> Result<usize, ConfigError> {
         let n = *v.get_ref();
@@ -283,20 +305,7 @@ impl Ctx<'_> {
             .get_ref()
             .parse()
             .map_err(|e: String| self.invalid(p.method.span(), &k("method"), &e))?;
-        let max_users = match &p.max_users {
-            Some(v) => {
-                let n = self.positive(v, &k("max_users"), 100_000)?;
-                if iris && n > 10 {
-                    return Err(self.iris_fixes(
-                        v.span(),
-                        &k("max_users"),
-                        "at most 10 users per message",
-                    ));
-                }
-                n
-            }
-            None => 10,
-        };
+        let max_users = self.max_users(&p.max_users, &k("max_users"), iris, 10)?;
         let timeout_ms = match &p.timeout_ms {
             Some(v) if *v.get_ref() == 0 => {
                 return Err(self.invalid(v.span(), &k("timeout_ms"), "must be greater than 0"))
@@ -465,21 +474,7 @@ impl Ctx<'_> {
         let iris = profile == Profile::Iris;
         // IRIS sends batches to the same endpoint in the same format as real time: at most 10
         // users per message, and no client-side rate limit ("could lead to data loss").
-        let max_users = match &b.max_users {
-            Some(v) => {
-                let n = self.positive(v, &k("max_users"), 100_000)?;
-                if iris && n > 10 {
-                    return Err(self.iris_fixes(
-                        v.span(),
-                        &k("max_users"),
-                        "at most 10 users per message, batches too",
-                    ));
-                }
-                n
-            }
-            None if iris => 10,
-            None => 1000,
-        };
+        let max_users = self.max_users(&b.max_users, &k("max_users"), iris, 1000)?;
         let rate = |v: &Option<Spanned<u32>>, f: &str| match v {
             Some(v) if iris => Err(self.iris_fixes(
                 v.span(),

@@ -218,27 +218,17 @@ impl Resolver<'_> {
                 return Resolution::Abandoned;
             }
             self.metrics.retries.fetch_add(1, Relaxed);
-            if probe {
-                // A failed probe goes straight back to the gate, which spaces the next one.
-                tracing::warn!(
-                    destination = name,
-                    request_id = %req.request_id,
-                    users,
-                    status,
-                    ?class,
+            // A failed probe goes straight back to the gate, which spaces the next one; any
+            // other attempt waits its own backoff.
+            let delay = (!probe).then(|| {
+                retry_delay(
                     attempt,
-                    %detail,
-                    "probe failed; the circuit stays open"
-                );
-                continue;
-            }
-            let delay = retry_delay(
-                attempt,
-                self.retry.initial,
-                self.retry.max_delay,
-                retry_after,
-                fastrand::f64(),
-            );
+                    self.retry.initial,
+                    self.retry.max_delay,
+                    retry_after,
+                    fastrand::f64(),
+                )
+            });
             tracing::warn!(
                 destination = name,
                 request_id = %req.request_id,
@@ -246,10 +236,14 @@ impl Resolver<'_> {
                 status,
                 ?class,
                 attempt,
-                retry_in_ms = delay.as_millis() as u64,
+                probe,
+                retry_in_ms = delay.map(|d| d.as_millis() as u64),
                 %detail,
                 "publish failed; will retry"
             );
+            let Some(delay) = delay else {
+                continue;
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = wait_for(state, RunState::Stop) => return Resolution::Abandoned,

@@ -294,6 +294,34 @@ pub async fn try_post_events(addr: SocketAddr, body: impl Into<Bytes>) -> Option
     Some(status)
 }
 
+/// A producer: posts batches of `size` fresh users of "partner-a" (ids from `first` on) until
+/// `stop` or until the intake is gone; returns exactly the ids answered 202. A 503 (spool full,
+/// stopping) is retried shortly; any other answer fails the test.
+pub async fn produce(
+    addr: SocketAddr,
+    first: u64,
+    size: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<u64> {
+    let mut acked = Vec::new();
+    let mut next = first;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let ids: Vec<u64> = (next..next + size).collect();
+        next += size;
+        let body: String = ids
+            .iter()
+            .map(|&i| event("partner-a", i, &[("1", "1")]) + "\n")
+            .collect();
+        match try_post_events(addr, body).await {
+            Some(202) => acked.extend(ids),
+            Some(503) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Some(other) => panic!("the intake answered {other}"),
+            None => break,
+        }
+    }
+    acked
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;

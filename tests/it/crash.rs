@@ -2,47 +2,12 @@
 //! intake acknowledged (202) reaches the partner, possibly twice, never not at all. Also: a
 //! damaged spool file stops the daemon with an error naming it.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use irisd::mock::faults::Faults;
-
-/// Posts batches of 20 fresh users until the intake stops answering; returns the acknowledged
-/// user ids.
-fn producer(
-    addr: SocketAddr,
-    first: u64,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<u64>> {
-    tokio::spawn(async move {
-        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let mut acked = Vec::new();
-        let mut next = first;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let ids: Vec<u64> = (next..next + 20).collect();
-            next += 20;
-            let body: String = ids
-                .iter()
-                .map(|&i| event("partner-a", i, &[("1", "1")]) + "\n")
-                .collect();
-            let req = http::Request::post(format!("http://{addr}/v1/events"))
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                .unwrap();
-            match client.request(req).await {
-                Ok(r) if r.status() == 202 => acked.extend(ids),
-                Ok(r) if r.status() == 503 => tokio::time::sleep(Duration::from_millis(20)).await,
-                Ok(r) => panic!("intake answered {}", r.status()),
-                Err(_) => break,
-            }
-        }
-        acked
-    })
-}
 
 async fn wait_for_all(env: &Env, acked: &[u64], timeout: Duration) -> (usize, u64) {
     let state = env.mock.state.clone();
@@ -87,7 +52,7 @@ async fn kill_9_at_a_random_moment_loses_nothing_acknowledged() {
 
     let (mut child, addr) = spawn_daemon(&config, 5);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = producer(addr, 1, stop.clone());
+    let load = tokio::spawn(produce(addr, 1, 20, stop.clone()));
     tokio::time::sleep(kill_after).await;
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
@@ -126,7 +91,7 @@ async fn sigterm_during_load_exits_0_within_the_grace_period_and_restart_deliver
     let grace = 1;
     let (child, addr) = spawn_daemon(&config, grace);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = producer(addr, 1, stop.clone());
+    let load = tokio::spawn(produce(addr, 1, 20, stop.clone()));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let started = Instant::now();
     child.sigterm();

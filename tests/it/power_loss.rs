@@ -124,31 +124,6 @@ struct Round {
     dropped_bytes: u64,
 }
 
-/// Posts batches of `size` fresh users from `next` on until `stop`; returns the ids answered
-/// 202.
-async fn produce(
-    addr: std::net::SocketAddr,
-    mut next: u64,
-    size: u64,
-    stop: Arc<AtomicBool>,
-) -> Vec<u64> {
-    let mut acked = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let ids: Vec<u64> = (next..next + size).collect();
-        next += size;
-        let body: String = ids
-            .iter()
-            .map(|&i| event("partner-a", i, &[("1", "1")]) + "\n")
-            .collect();
-        match try_post_events(addr, body).await {
-            Some(202) => acked.extend(ids),
-            Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            None => break,
-        }
-    }
-    acked
-}
-
 /// A CSV batch file of users `first..first + n`.
 fn batch_file(dir: &Path, first: u64, n: u64) -> PathBuf {
     let path = dir.join(format!("batch-{first}.csv"));

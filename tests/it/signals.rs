@@ -159,7 +159,7 @@ async fn sigterm_in_a_burst_of_reloads_under_load_stops_and_loses_nothing() {
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let producers: Vec<_> = (0..3)
-        .map(|p| tokio::spawn(produce(addr, p * 1_000_000, stop.clone())))
+        .map(|p| tokio::spawn(produce(addr, p * 1_000_000, 20, stop.clone())))
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..20 {
@@ -243,24 +243,4 @@ async fn the_intake_answers_503_while_the_daemon_drains() {
         env.mock.state.user_counts().contains_key("1"),
         "delivered in the grace period"
     );
-}
-
-/// Posts batches of 20 fresh users until `stop`; returns the ones answered 202.
-async fn produce(addr: std::net::SocketAddr, first: u64, stop: Arc<AtomicBool>) -> Vec<u64> {
-    let mut acked = Vec::new();
-    let mut next = first;
-    while !stop.load(Ordering::Relaxed) {
-        let ids: Vec<u64> = (next..next + 20).collect();
-        next += 20;
-        let body: String = ids
-            .iter()
-            .map(|&i| event("partner-a", i, &[("1", "1")]) + "\n")
-            .collect();
-        match try_post_events(addr, body).await {
-            Some(202) => acked.extend(ids),
-            Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            None => break,
-        }
-    }
-    acked
 }
