@@ -74,6 +74,7 @@ pub struct Spool {
     /// An append was refused for the total bound, and the spool has not drained below
     /// [`READY_AGAIN_BELOW`] since.
     full: std::sync::atomic::AtomicBool,
+    acks: Arc<writer::AckQueue>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -98,7 +99,8 @@ impl Spool {
             events.insert(dest, Arc::new(AtomicU64::new(count)));
         }
         let health = Arc::new(writer::WriterHealth::default());
-        let tx = writer::start(conn, limits.fsync, path, health.clone())?;
+        let acks = Arc::new(writer::AckQueue::default());
+        let tx = writer::start(conn, limits.fsync, path, health.clone(), acks.clone())?;
         Ok(Arc::new(Spool {
             path: path.to_owned(),
             tx,
@@ -108,6 +110,7 @@ impl Spool {
             total: Arc::new(AtomicU64::new(total)),
             health,
             full: std::sync::atomic::AtomicBool::new(false),
+            acks,
         }))
     }
 
@@ -292,7 +295,9 @@ impl Spool {
     pub fn ack(&self, destination: Arc<str>, ids: Vec<u64>, bytes: u64) {
         self.release(&destination, bytes);
         self.count_events(&destination, -(ids.len() as i64));
-        let _ = self.send(Command::Ack { destination, ids });
+        if self.acks.push(destination, ids) {
+            let _ = self.send(Command::AcksPending);
+        }
     }
 
     fn release(&self, destination: &str, bytes: u64) {

@@ -26,6 +26,8 @@ pub(super) enum Command {
         destination: Arc<str>,
         ids: Vec<u64>,
     },
+    /// Acks are waiting in the [`AckQueue`] (sent only when it turns non-empty).
+    AcksPending,
     DeadLetter {
         destination: Arc<str>,
         ids: Vec<u64>,
@@ -34,6 +36,26 @@ pub(super) enum Command {
     },
     /// Answers once everything queued before it is committed.
     Sync(oneshot::Sender<()>),
+}
+
+/// Acks on their way to the writer. They are not sent one by one: each would wake the writer
+/// thread (a futex wake and a context switch per delivered batch). A lane pushes here, and only
+/// the ack that finds the queue empty wakes the writer, which then gathers acks for
+/// [`ACK_LINGER`] and takes them all into one transaction.
+#[derive(Debug, Default)]
+pub(super) struct AckQueue(std::sync::Mutex<Vec<(Arc<str>, Vec<u64>)>>);
+
+impl AckQueue {
+    /// Queues an ack; true when the writer must be woken (the queue was empty).
+    pub(super) fn push(&self, destination: Arc<str>, ids: Vec<u64>) -> bool {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.push((destination, ids));
+        q.len() == 1
+    }
+
+    fn take(&self) -> Vec<(Arc<str>, Vec<u64>)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// Commands applied in one transaction at most.
@@ -93,6 +115,7 @@ pub(super) fn start(
     fsync: bool,
     path: &std::path::Path,
     health: Arc<WriterHealth>,
+    acks: Arc<AckQueue>,
 ) -> Result<std::sync::mpsc::SyncSender<Command>, SpoolError> {
     // The writer deletes blocks soon after writing them: a page cache that holds the blocks in
     // flight spares re-reading their overflow pages from the WAL to free them.
@@ -103,7 +126,7 @@ pub(super) fn start(
         .name("irisd-spool-writer".into())
         .spawn(move || {
             let _stopped = Stopped(health.clone());
-            writer_loop(conn, rx, fsync, &health)
+            writer_loop(conn, rx, fsync, &health, &acks)
         })
         .map_err(|e| store_err(path, e))?;
     Ok(tx)
@@ -114,6 +137,7 @@ fn writer_loop(
     rx: std::sync::mpsc::Receiver<Command>,
     fsync: bool,
     health: &WriterHealth,
+    acks: &AckQueue,
 ) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut progress = PartlyDone::default();
@@ -127,22 +151,23 @@ fn writer_loop(
             }
         }
         // Nobody waits for acks: gather them a little longer, so a busy lane's acks share
-        // one transaction. Anything else (an append, a dead letter, a sync) ends the wait.
-        if batch.iter().all(|c| matches!(c, Command::Ack { .. })) {
-            let until = std::time::Instant::now() + ACK_LINGER;
-            while batch.len() < GROUP_COMMIT_MAX {
-                let left = until.saturating_duration_since(std::time::Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(c) => {
-                        let ack = matches!(c, Command::Ack { .. });
-                        batch.push(c);
-                        if !ack {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
+        // one transaction (they queue without waking this thread). Anything else (an append,
+        // a dead letter, a sync) ends the wait.
+        if batch.iter().all(|c| matches!(c, Command::AcksPending)) {
+            match rx.recv_timeout(ACK_LINGER) {
+                Ok(c) => batch.push(c),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
+        }
+        batch.retain(|c| !matches!(c, Command::AcksPending));
+        batch.extend(
+            acks.take()
+                .into_iter()
+                .map(|(destination, ids)| Command::Ack { destination, ids }),
+        );
+        if batch.is_empty() {
+            continue;
         }
         let durable = fsync
             && batch
@@ -164,7 +189,7 @@ fn writer_loop(
                         Command::Sync(reply) => {
                             let _ = reply.send(());
                         }
-                        Command::Ack { .. } => {}
+                        Command::Ack { .. } | Command::AcksPending => {}
                     }
                 }
             }
@@ -183,7 +208,7 @@ fn writer_loop(
                         Command::Sync(reply) => {
                             let _ = reply.send(());
                         }
-                        Command::Ack { .. } => {}
+                        Command::Ack { .. } | Command::AcksPending => {}
                     }
                 }
             }
@@ -362,6 +387,7 @@ fn apply(
                 ..
             } => appended
                 .push(append_blocks(&tx, items, *accepted_at_ms, &mut next_id).map_err(err)?),
+            Command::AcksPending => {}
             Command::Ack { destination, ids } => {
                 // A batch's ids are mostly one run of consecutive ids inside one block.
                 for (first, last) in runs(ids) {
